@@ -1,0 +1,65 @@
+"""mlapi configuration.
+
+Defaults live in these classes; every key can be overridden by an environment
+variable of the same name prefixed with ``MLAPI_`` (``MLAPI_PREDICT_RATE_LIMIT``
+sets ``PREDICT_RATE_LIMIT``). Values are parsed as JSON when they parse, so
+``MLAPI_MAX_FEATURES=500`` is an int and ``MLAPI_METRICS_PER_USER=true`` a bool.
+"""
+
+import os
+
+
+class Config:
+    # Mode: "development" or "production". Production refuses unsafe settings.
+    ENV = os.environ.get("MLAPI_ENV", "development")
+
+    # Secrets. In production MLAPI_SECRET_KEY (>= 32 bytes) is required; outside
+    # production a random key is generated once into the instance folder.
+    SECRET_KEY = None
+
+    # Storage. SQLite under the instance folder unless a SQLAlchemy URL is given.
+    DATABASE_URL = None
+    # Redis for shared limits, cache and token revocation. Unset: in-process stores.
+    REDIS_URL = None
+    REDIS_SOCKET_TIMEOUT = 0.25
+    REDIS_KEY_PREFIX = "mlapi:"
+
+    # Tokens.
+    ACCESS_TOKEN_MINUTES = 30
+    REFRESH_TOKEN_DAYS = 7
+
+    # Request limits.
+    MAX_CONTENT_LENGTH = 1024 * 1024
+    MAX_FEATURES = 10_000
+    MAX_BATCH = 1_000
+
+    # Rate limits (flask-limiter notation, e.g. "10/minute", "100 per hour").
+    PREDICT_RATE_LIMIT = "600/minute"
+    PUBLIC_RATE_LIMIT = "5/minute"
+    PREDICT_LIMITED_RATE_LIMIT = "10/minute"
+    CUSTOM_RATE_LIMIT = "100/minute"
+    LOGIN_RATE_LIMIT = "10/minute"
+    RATE_LIMIT_STRATEGY = "moving-window"
+    # Number of reverse proxies in front of the service whose X-Forwarded-For is trusted.
+    TRUSTED_PROXIES = 0
+
+    # Prediction cache.
+    CACHE_TIMEOUT = 300
+
+    # Models: a folder of model files loaded at start (optional).
+    MODEL_DIR = None
+
+    # Observability.
+    LOG_LEVEL = "INFO"
+    METRICS_PER_USER = False
+    ACTIVE_USER_WINDOW_SECONDS = 300
+
+    # Readiness: seconds each dependency check may take.
+    READY_CHECK_TIMEOUT = 0.5
+
+
+class TestingConfig(Config):
+    TESTING = True
+    ENV = "testing"
+    SECRET_KEY = "test-secret-key-that-is-at-least-32-bytes-long"
+    DATABASE_URL = "sqlite://"

@@ -1,0 +1,69 @@
+"""gunicorn settings for mlapi, read from the environment.
+
+Run: gunicorn -c gunicorn.conf.py wsgi:app  (scripts/run does this).
+
+Without MLAPI_REDIS_URL, rate limits, cache, revocation and active users live
+in process memory, so one worker process is the only correct shape: more
+workers would each count separately and multiply every limit. In that mode
+this file runs a single worker (with threads) and says so in the log.
+"""
+
+import glob
+import logging
+import os
+import tempfile
+
+# Before anything imports prometheus_client: file-backed metrics summed over workers.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlapi-prometheus-")
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+# numpy's BLAS threads would fight the workers for the cores (and can hang after fork).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+_log = logging.getLogger("gunicorn.error")
+
+bind = (
+    os.environ.get("GUNICORN_BIND")
+    or f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+)
+_requested_workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+_shared_state = bool(os.environ.get("MLAPI_REDIS_URL"))
+workers = _requested_workers if _shared_state else 1
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = "gthread" if threads > 1 else "sync"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000"))
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# JSON logs on stdout: gunicorn's error log and one access line per request.
+logger_class = "mlapi.gunicorn_logging.JsonLogger"
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+errorlog = "-"
+loglevel = os.environ.get("MLAPI_LOG_LEVEL", "info").lower()
+# Forwarded headers are handled by the app (MLAPI_TRUSTED_PROXIES), not by gunicorn.
+forwarded_allow_ips = "127.0.0.1"
+
+
+def on_starting(server):
+    """Once, in the master, before any worker: start metrics from zero."""
+    if _requested_workers > 1 and not _shared_state:
+        server.log.warning(
+            "WEB_CONCURRENCY=%d ignored: without MLAPI_REDIS_URL limits and cache live in "
+            "process memory, so mlapi runs 1 worker with %d threads to keep every limit exact. "
+            "Set MLAPI_REDIS_URL to run more workers.",
+            _requested_workers,
+            threads,
+        )
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker):
+    """A worker exited: drop its live gauges (its counters stay, so totals never fall)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

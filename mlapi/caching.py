@@ -1,0 +1,92 @@
+"""The prediction cache.
+
+Only a model's output is cached, keyed by a digest of the validated features
+and the model's name and version: two users sending the same features share
+the computation, never each other's response. A cache that fails (Redis down)
+is a miss, never an error.
+"""
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+from cachelib.serializers import BaseSerializer
+from flask_caching.backends import RedisCache
+
+from mlapi import models
+from mlapi.extensions import cache
+from mlapi.observability import count_cache
+
+log = logging.getLogger(__name__)
+
+
+class JSONSerializer(BaseSerializer):
+    """Cache values as JSON: a writable Redis must not be a way to unpickle code here."""
+
+    def dumps(self, value, protocol=None):
+        return json.dumps(value).encode()
+
+    def loads(self, bvalue):
+        if bvalue is None:
+            return None
+        try:
+            return json.loads(bvalue)
+        except ValueError:
+            return None
+
+
+class JSONRedisCache(RedisCache):
+    serializer = JSONSerializer()
+
+
+def cache_key(model, features):
+    """``prediction:<model>:<version>:<sha256 of the float64 features>``."""
+    data = np.ascontiguousarray(features, dtype=np.float64).tobytes()
+    return f"prediction:{model.name}:{model.version}:{hashlib.sha256(data).hexdigest()}"
+
+
+def cached_predict(name, features):
+    """Predict with model ``name``, through the cache; returns (value, was_cached)."""
+    model = models.registry().get(name)
+    key = cache_key(model, features)
+    try:
+        value = cache.get(key)
+    except Exception:
+        log.warning("prediction cache unavailable; computing without it", exc_info=True)
+        count_cache("error")
+        return models.predict_one(name, features)[1], False
+    if isinstance(value, float):
+        count_cache("hit")
+        return value, True
+    count_cache("miss")
+    _, value = models.predict_one(name, features)
+    try:
+        cache.set(key, value)
+    except Exception:
+        log.warning("could not store a prediction in the cache", exc_info=True)
+        count_cache("error")
+    return value, False
+
+
+def invalidate(name, features):
+    """Drop the cached prediction of model ``name`` for these features."""
+    model = models.registry().get(name)
+    cache.delete(cache_key(model, features))
+
+
+def init_app(app):
+    config = app.config
+    config.setdefault("CACHE_DEFAULT_TIMEOUT", config["CACHE_TIMEOUT"])
+    if config.get("REDIS_URL"):
+        config.setdefault("CACHE_TYPE", "mlapi.caching.JSONRedisCache")
+        config.setdefault("CACHE_REDIS_URL", config["REDIS_URL"])
+        config.setdefault("CACHE_KEY_PREFIX", config["REDIS_KEY_PREFIX"] + "cache:")
+        timeout = config["REDIS_SOCKET_TIMEOUT"]
+        config.setdefault(
+            "CACHE_OPTIONS", {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        )
+    else:
+        config.setdefault("CACHE_TYPE", "SimpleCache")
+        config.setdefault("CACHE_THRESHOLD", 10_000)
+    cache.init_app(app)

@@ -1,0 +1,105 @@
+"""Admin commands: ``flask --app wsgi users ...``."""
+
+import click
+from flask.cli import AppGroup
+
+from mlapi import users
+from mlapi.extensions import db
+
+users_cli = AppGroup("users", help="Manage API users.")
+
+
+def _fail(exc):
+    raise click.ClickException(str(exc)) from None
+
+
+@users_cli.command("create")
+@click.argument("username")
+@click.option("--email", help="Contact address shown on /users/me.")
+@click.option("--admin", is_flag=True, help="Give the user the admin role.")
+@click.option(
+    "--password",
+    help="Password (at least 8 characters); prompted for, hidden, when omitted.",
+)
+def create_user(username, email, admin, password):
+    """Create a user."""
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = users.create(username, password, email=email, role="admin" if admin else "user")
+    except users.UserError as exc:
+        _fail(exc)
+    click.echo(f"Created {user.role} {user.username!r}.")
+
+
+@users_cli.command("list")
+def list_users():
+    """List users: name, role, state and email."""
+    rows = db.session.scalars(db.select(users.User).order_by(users.User.username)).all()
+    if not rows:
+        click.echo("No users yet. Create one with: flask --app wsgi users create NAME")
+        return
+    width = max(len(u.username) for u in rows)
+    for user in rows:
+        state = "disabled" if user.disabled else "enabled"
+        click.echo(f"{user.username:<{width}}  {user.role:<5}  {state:<8}  {user.email or '-'}")
+
+
+def _set_disabled(username, disabled):
+    try:
+        user = users.get(username)
+    except users.UserError as exc:
+        _fail(exc)
+    user.disabled = disabled
+    db.session.commit()
+    click.echo(f"{'Disabled' if disabled else 'Enabled'} {username!r}.")
+
+
+@users_cli.command("disable")
+@click.argument("username")
+def disable_user(username):
+    """Disable a user; their tokens stop working at once."""
+    _set_disabled(username, True)
+
+
+@users_cli.command("enable")
+@click.argument("username")
+def enable_user(username):
+    """Enable a disabled user."""
+    _set_disabled(username, False)
+
+
+@users_cli.command("delete")
+@click.argument("username")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete_user(username, yes):
+    """Delete a user; their tokens stop working at once."""
+    try:
+        user = users.get(username)
+    except users.UserError as exc:
+        _fail(exc)
+    if not yes:
+        click.confirm(f"Delete user {username!r}?", abort=True)
+    db.session.delete(user)
+    db.session.commit()
+    click.echo(f"Deleted {username!r}.")
+
+
+@users_cli.command("set-password")
+@click.argument("username")
+@click.option("--password", help="New password; prompted for, hidden, when omitted.")
+def set_password(username, password):
+    """Set a user's password."""
+    try:
+        user = users.get(username)
+        if password is None:
+            password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+        user.set_password(password)
+    except users.UserError as exc:
+        _fail(exc)
+    db.session.commit()
+    click.echo(f"Password changed for {username!r}.")
+
+
+def init_app(app):
+    app.cli.add_command(users_cli)

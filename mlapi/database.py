@@ -1,0 +1,82 @@
+"""The SQL database: engine settings and the schema, migrated on first use.
+
+The schema is managed by Alembic (Flask-Migrate). Every process that starts
+runs ``upgrade`` under a lock, so a fresh database works with no extra step
+and concurrent workers or hosts never race to create it.
+"""
+
+import contextlib
+import fcntl
+import logging
+import os
+
+import sqlalchemy as sa
+from flask_migrate import upgrade
+
+from mlapi.extensions import db, migrate
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+# pg_advisory_lock key: any constant shared by every mlapi process.
+SCHEMA_LOCK_KEY = 7_266_241_001
+
+
+def database_url(app):
+    url = app.config.get("DATABASE_URL")
+    if url:
+        return url.replace("postgres://", "postgresql://", 1)
+    return "sqlite:///" + os.path.join(app.instance_path, "mlapi.db")
+
+
+def engine_options(url):
+    backend = sa.engine.make_url(url).get_backend_name()
+    if backend == "postgresql":
+        return {
+            "pool_pre_ping": True,
+            "connect_args": {
+                "connect_timeout": 2,
+                "options": "-c statement_timeout=5000 -c lock_timeout=2000",
+            },
+        }
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 5}}
+    return {"pool_pre_ping": True}
+
+
+@contextlib.contextmanager
+def schema_lock(app):
+    """Hold a lock that serialises schema upgrades across processes."""
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
+                conn.commit()
+        return
+    os.makedirs(app.instance_path, exist_ok=True)
+    with open(os.path.join(app.instance_path, "schema.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_schema(app):
+    """Bring the schema to the latest migration (idempotent)."""
+    with app.app_context(), schema_lock(app):
+        upgrade(directory=MIGRATIONS)
+
+
+def init_app(app):
+    os.makedirs(app.instance_path, exist_ok=True)
+    url = database_url(app)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS)
+    if app.config.get("AUTO_MIGRATE", True):
+        ensure_schema(app)

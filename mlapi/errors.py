@@ -1,0 +1,96 @@
+"""One error shape for the whole API: RFC 9457 problem details.
+
+Code anywhere raises (``abort``, werkzeug exceptions, the problems below); the
+handlers registered here turn every error into ``application/problem+json``.
+"""
+
+import logging
+
+from flask import current_app, json, request
+from werkzeug.exceptions import (
+    Forbidden,
+    HTTPException,
+    InternalServerError,
+    Unauthorized,
+    UnprocessableEntity,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MIMETYPE = "application/problem+json"
+
+
+class ValidationProblem(UnprocessableEntity):
+    """The request was well-formed JSON but its content is not acceptable."""
+
+    problem_type = "/problems/validation-error"
+
+    def __init__(self, detail, errors=()):
+        super().__init__(description=detail)
+        self.errors = list(errors)
+
+
+class InvalidToken(Unauthorized):
+    """A bearer token was presented but is malformed, forged, expired or revoked."""
+
+    problem_type = "/problems/invalid-token"
+    bearer_error = "invalid_token"
+
+
+class InsufficientScope(Forbidden):
+    """The token is valid but its user lacks the role the endpoint needs."""
+
+    problem_type = "/problems/insufficient-scope"
+    bearer_error = "insufficient_scope"
+
+
+def pointer(loc):
+    """JSON Pointer (RFC 6901) into the request body for a validation error location."""
+    return "/" + "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in loc)
+
+
+def problem_response(exc):
+    """Render an HTTPException as a problem+json response, keeping its headers."""
+    status = exc.code or 500
+    body = {
+        "type": getattr(exc, "problem_type", "about:blank"),
+        "title": exc.name,
+        "status": status,
+        "detail": exc.description,
+    }
+    errors = getattr(exc, "errors", None)
+    if errors:
+        body["errors"] = errors
+    headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+    if status == 401 or getattr(exc, "bearer_error", None):
+        headers.append(("WWW-Authenticate", www_authenticate(exc)))
+    if status == 429:
+        headers.append(("Cache-Control", "no-store"))
+    return current_app.response_class(
+        json.dumps(body) + "\n", status=status, headers=headers, mimetype=PROBLEM_MIMETYPE
+    )
+
+
+def www_authenticate(exc):
+    """The RFC 6750 challenge for a 401 or 403."""
+    error = getattr(exc, "bearer_error", None)
+    if not error:
+        return 'Bearer realm="mlapi"'
+    description = exc.description.replace("\\", "").replace('"', "'")
+    return f'Bearer realm="mlapi", error="{error}", error_description="{description}"'
+
+
+def handle_http_exception(exc):
+    return problem_response(exc)
+
+
+def handle_unexpected(exc):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return problem_response(
+        InternalServerError("The server failed to handle this request; it has been logged.")
+    )
+
+
+def init_app(app):
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,30 @@
+"""Unbound Flask extensions, bound to the app in ``create_app``."""
+
+from flask_caching import Cache
+from flask_jwt_extended import JWTManager
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from spectree import SecurityScheme, SpecTree
+
+db = SQLAlchemy()
+migrate = Migrate()
+jwt = JWTManager()
+cache = Cache()
+# Keys on the connecting address; ProxyFix rewrites it when proxies are trusted.
+limiter = Limiter(key_func=get_remote_address)
+spec = SpecTree(
+    "flask",
+    title="mlapi",
+    description="Machine learning predictions over HTTP, with JWT authentication.",
+    version="1.0.0",
+    path="docs",
+    security_schemes=[
+        SecurityScheme(
+            name="bearer",
+            data={"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        )
+    ],
+    annotations=True,
+)

@@ -1,0 +1,81 @@
+"""Rate limiting: keys, configured limits, and the response headers clients read.
+
+Limits are flask-limiter's. Storage is Redis when MLAPI_REDIS_URL is set, so
+every worker and host counts together; otherwise it is in-process memory,
+which is exact only because the embedded mode runs a single worker process.
+"""
+
+import math
+import time
+
+from flask import current_app, request
+from flask_jwt_extended import get_jwt_identity
+from limits import parse
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from mlapi.extensions import limiter
+
+
+def by_address():
+    """The connecting address (ProxyFix rewrites it when proxies are trusted)."""
+    return f"addr:{request.remote_addr}"
+
+
+def by_user():
+    """The authenticated user; views put ``@jwt_required()`` above their limits."""
+    return f"user:{get_jwt_identity()}"
+
+
+def config_limit(key):
+    """A limit read from the app config at request time, so every limit is configurable."""
+    return lambda: current_app.config[key]
+
+
+def remaining(key):
+    """Requests left in the current window of the limit configured under ``key``."""
+    wanted = current_app.config[key]
+    for lim in limiter.current_limits:
+        if lim.limit == parse(wanted):
+            return lim.remaining
+    return 0
+
+
+# Every authenticated prediction endpoint shares one per-user budget.
+per_user_predictions = limiter.shared_limit(
+    config_limit("PREDICT_RATE_LIMIT"), scope="predictions", key_func=by_user
+)
+
+
+def add_ietf_headers(response):
+    """Mirror the limit in the IETF draft's ``RateLimit-Policy`` and ``RateLimit`` headers."""
+    current = limiter.current_limit
+    if current is None:
+        return response
+    window = current.limit.get_expiry()
+    reset = max(0, math.ceil(current.reset_at - time.time()))
+    name = "default"
+    response.headers["RateLimit-Policy"] = f'"{name}";q={current.limit.amount};w={window}'
+    response.headers["RateLimit"] = f'"{name}";r={current.remaining};t={reset}'
+    return response
+
+
+def init_app(app):
+    config = app.config
+    hops = int(config["TRUSTED_PROXIES"])
+    if hops > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    config.setdefault("RATELIMIT_STRATEGY", config["RATE_LIMIT_STRATEGY"])
+    config.setdefault("RATELIMIT_KEY_PREFIX", "mlapi")
+    if config.get("REDIS_URL"):
+        timeout = config["REDIS_SOCKET_TIMEOUT"]
+        config.setdefault("RATELIMIT_STORAGE_URI", config["REDIS_URL"])
+        config.setdefault(
+            "RATELIMIT_STORAGE_OPTIONS",
+            {"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        )
+        config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    else:
+        config.setdefault("RATELIMIT_STORAGE_URI", "memory://")
+    limiter.init_app(app)
+    app.after_request(add_ietf_headers)

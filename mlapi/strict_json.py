@@ -1,0 +1,48 @@
+"""Strict JSON in and out.
+
+Python's json module accepts ``NaN`` and ``Infinity``, turns ``1e400`` into
+``inf``, recurses on deep nesting, and writes bare ``NaN``. Bodies are parsed
+here so that non-finite numbers reach validation (a 422 that names them), deep
+nesting is a 400, and a body that is not JSON is never silently treated as empty.
+Responses are written with ``allow_nan=False``.
+"""
+
+import json
+
+from flask import Request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    sort_keys = False
+    compact = True
+
+    def dumps(self, obj, **kwargs):
+        kwargs.setdefault("allow_nan", False)
+        kwargs.setdefault("separators", (",", ":"))
+        return super().dumps(obj, **kwargs)
+
+    def loads(self, s, **kwargs):
+        try:
+            return json.loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nesting is too deep") from None
+
+
+class StrictRequest(Request):
+    """A request whose JSON body is parsed strictly even when asked silently.
+
+    Libraries that call ``get_json(silent=True)`` would otherwise see a malformed
+    body or a form post as "no body"; here they get a 400 or 415 like everyone else.
+    """
+
+    def get_json(self, force=False, silent=False, cache=True):
+        return super().get_json(force=force, silent=False, cache=cache)
+
+    def on_json_loading_failed(self, e):
+        if e is None:
+            raise UnsupportedMediaType(
+                "Send the body as JSON with 'Content-Type: application/json'."
+            )
+        raise BadRequest(f"The request body is not valid JSON: {e}")

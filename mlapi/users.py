@@ -1,0 +1,95 @@
+"""Users: the SQL model and the operations the API and the CLI share."""
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from mlapi.extensions import db
+
+ROLES = ("user", "admin")
+MIN_PASSWORD_LENGTH = 8
+# Checked when the username is unknown, so that both failures cost the same time.
+_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+class UserError(Exception):
+    """A user operation that cannot be done (duplicate, unknown user, weak password)."""
+
+
+class User(db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(sa.String(254))
+    password_hash: Mapped[str] = mapped_column(sa.String(256))
+    role: Mapped[str] = mapped_column(sa.String(16), default="user")
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=lambda: datetime.now(UTC)
+    )
+
+    @property
+    def is_admin(self):
+        return self.role == "admin"
+
+    def set_password(self, password):
+        check_password(password)
+        self.password_hash = generate_password_hash(password)
+
+    def to_public(self):
+        return {"username": self.username, "email": self.email, "disabled": self.disabled}
+
+
+def check_password(password):
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"Password must be at least {MIN_PASSWORD_LENGTH} characters.")
+
+
+def find(username):
+    return db.session.scalar(sa.select(User).where(User.username == username))
+
+
+def get(username):
+    """The user called ``username``; raises UserError if there is none."""
+    user = find(username)
+    if user is None:
+        raise UserError(f"No user named {username!r}.")
+    return user
+
+
+def create(username, password, email=None, role="user"):
+    if not username or len(username) > 64 or username != username.strip():
+        raise UserError("Username must be 1 to 64 characters without surrounding spaces.")
+    if role not in ROLES:
+        raise UserError(f"Role must be one of {', '.join(ROLES)}.")
+    if find(username) is not None:
+        raise UserError(f"User {username!r} already exists.")
+    user = User(username=username, email=email, role=role, disabled=False)
+    user.set_password(password)
+    db.session.add(user)
+    try:
+        db.session.commit()
+    except sa.exc.IntegrityError:
+        db.session.rollback()
+        raise UserError(f"User {username!r} already exists.") from None
+    return user
+
+
+def authenticate(username, password):
+    """The enabled user with these credentials, or None. Takes the same time either way."""
+    user = find(username)
+    if user is None:
+        check_password_hash(_DUMMY_HASH, password)
+        return None
+    if not check_password_hash(user.password_hash, password) or user.disabled:
+        return None
+    return user
+
+
+def active_user(username):
+    """The user a token names, if it still exists and is enabled."""
+    user = find(username)
+    return user if user is not None and not user.disabled else None

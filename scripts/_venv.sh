@@ -1,0 +1,20 @@
+# Sourced by scripts/run and scripts/test: make .venv and install pinned requirements
+# when they changed since the last install. Needs only Python 3.11+.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${MLAPI_VENV:-.venv}"
+want="$1"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+        echo "mlapi needs Python 3.11 or newer (found $("$PYTHON" --version))." >&2; exit 1; }
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+fi
+stamp="$VENV/.installed-$(basename "$want")"
+digest=$(cat requirements*.txt | cksum)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$want"
+    echo "$digest" > "$stamp"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"

@@ -1,0 +1,147 @@
+"""Shared fixtures: an app per test on a fresh database, clients, users and tokens.
+
+Tests that need Redis or PostgreSQL use the ``redis_url`` / ``postgres_url``
+fixtures: they skip with a reason when the server is unreachable, except under
+``CI=true``, where a missing service fails the test.
+"""
+
+import os
+import socket
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+import sqlalchemy as sa
+
+from config import TestingConfig
+from mlapi import create_app
+from mlapi.extensions import db
+
+REDIS_URL = os.environ.get("MLAPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "MLAPI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+PASSWORD = "correct-horse-battery"
+
+
+def reachable(url):
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name, url):
+    if reachable(url):
+        return url
+    message = f"{name} is not reachable at {url}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; under CI=true this is a failure, not a skip")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_url():
+    return require_service("Redis", REDIS_URL)
+
+
+@pytest.fixture
+def postgres_url():
+    url = require_service("PostgreSQL", POSTGRES_URL)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS users, revoked_tokens, alembic_version CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build apps on a fresh SQLite file (or the given DATABASE_URL) with test settings."""
+    apps = []
+
+    def factory(**overrides):
+        settings = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
+        settings.update(
+            DATABASE_URL=f"sqlite:///{tmp_path / 'mlapi.db'}",
+            REDIS_KEY_PREFIX=f"mlapi-test-{uuid.uuid4().hex[:8]}:",
+        )
+        settings.update(overrides)
+        app = create_app(settings, instance_path=tmp_path / "instance")
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture(params=["sqlite"])
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_user(app):
+    """Create a user directly in the database; returns the username."""
+    from mlapi import users
+
+    def factory(username="alice", password=PASSWORD, role="user", email=None):
+        with app.app_context():
+            users.create(username, password, email=email, role=role)
+        return username
+
+    return factory
+
+
+@pytest.fixture
+def login(client):
+    """Log in through /token as a tutorial client would; returns bearer headers."""
+
+    def do(username="alice", password=PASSWORD):
+        response = client.post("/token", data={"username": username, "password": password})
+        assert response.status_code == 200, response.get_json()
+        return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+    return do
+
+
+@pytest.fixture
+def auth(make_user, login):
+    """Bearer headers for a regular user called alice."""
+    make_user("alice", email="alice@example.com")
+    return login("alice")
+
+
+@pytest.fixture
+def admin_auth(make_user, login):
+    """Bearer headers for an admin called root."""
+    make_user("root", role="admin")
+    return login("root")
+
+
+def assert_problem(response, status):
+    """The response is an RFC 9457 problem with this status; returns its body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert "type" in body
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
