@@ -24,9 +24,11 @@ class Config:
     REDIS_SOCKET_TIMEOUT = 0.25
     REDIS_KEY_PREFIX = "mlapi:"
 
-    # Tokens.
+    # Tokens and passwords.
     ACCESS_TOKEN_MINUTES = 30
     REFRESH_TOKEN_DAYS = 7
+    # werkzeug hash method; stored hashes made with other parameters are upgraded at login.
+    PASSWORD_HASH_METHOD = "scrypt:32768:8:1"
 
     # Request limits.
     MAX_CONTENT_LENGTH = 1024 * 1024
@@ -63,3 +65,5 @@ class TestingConfig(Config):
     ENV = "testing"
     SECRET_KEY = "test-secret-key-that-is-at-least-32-bytes-long"
     DATABASE_URL = "sqlite://"
+    # Cheap hashes keep the suite fast; tests of the scrypt default set it back.
+    PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"

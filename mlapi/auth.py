@@ -5,45 +5,141 @@ here with a 401 problem and an RFC 6750 ``WWW-Authenticate`` challenge (its
 default is a 422 ``{"msg"}``).
 """
 
+import time
+import uuid
+from datetime import timedelta
 from functools import wraps
 
 from flask import Blueprint, current_app, request
-from flask_jwt_extended import create_access_token, current_user, jwt_required
+from flask_jwt_extended import (
+    create_access_token,
+    create_refresh_token,
+    current_user,
+    get_jwt,
+    jwt_required,
+)
 from spectree import Response
-from werkzeug.exceptions import BadRequest, Unauthorized
+from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
 from mlapi import users
-from mlapi.errors import InsufficientScope, InvalidToken, problem_response
-from mlapi.extensions import jwt, spec
+from mlapi.errors import InsufficientScope, InvalidToken, ValidationProblem, problem_response
+from mlapi.extensions import jwt, limiter, spec
+from mlapi.limits import config_limit
 from mlapi.observability import count_auth_failure
-from mlapi.schemas import LoginForm, Problem, TokenResponse, UserOut
+from mlapi.revocation import Revocations
+from mlapi.schemas import LoginForm, Message, Problem, TokenResponse, UserOut
 
 bp = Blueprint("auth", __name__)
 
 ALLOWED_HEADERS = frozenset({"alg", "typ"})
+REQUIRED_CLAIMS = frozenset({"sub", "exp", "iat", "jti", "type", "sid", "sexp"})
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def login_username():
+    return f"login-user:{request.form.get('username', '')}"
+
+
+def login_address():
+    return f"login-addr:{request.remote_addr}"
+
+
+def failed_login(response):
+    return response.status_code == 401
 
 
 @bp.post("/token")
+@limiter.limit(config_limit("LOGIN_RATE_LIMIT"), key_func=login_username, deduct_when=failed_login)
+@limiter.limit(config_limit("LOGIN_RATE_LIMIT"), key_func=login_address, deduct_when=failed_login)
 @spec.validate(
     form=LoginForm,
-    resp=Response(HTTP_200=TokenResponse, HTTP_401=Problem, HTTP_429=Problem),
+    resp=Response(HTTP_200=TokenResponse, HTTP_401=Problem, HTTP_422=Problem, HTTP_429=Problem),
     tags=["auth"],
     skip_validation=True,
 )
 def login():
-    """OAuth2 password login: exchange a username and password for a bearer token."""
-    if request.mimetype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        raise BadRequest("Send username and password as an HTML form (OAuth2 password grant).")
-    username = request.form.get("username", "")
-    password = request.form.get("password", "")
-    user = users.authenticate(username, password)
+    """OAuth2 password login: exchange a username and password for bearer tokens.
+
+    Failed attempts are limited per username and per client address.
+    """
+    if request.mimetype not in FORM_TYPES:
+        raise UnsupportedMediaType("Send username and password as a form (OAuth2 password grant).")
+    missing = [name for name in ("username", "password") if not request.form.get(name)]
+    if missing:
+        raise ValidationProblem(
+            f"Missing form field(s): {', '.join(missing)}.",
+            [{"pointer": f"/{name}", "detail": "required", "type": "missing"} for name in missing],
+        )
+    user = users.authenticate(request.form["username"], request.form["password"])
     if user is None:
         count_auth_failure("bad_credentials")
         raise Unauthorized("Incorrect username or password")
-    minutes = current_app.config["ACCESS_TOKEN_MINUTES"]
-    token = create_access_token(identity=user.username, additional_claims={"role": user.role})
-    body = {"access_token": token, "token_type": "bearer", "expires_in": minutes * 60}
-    return body, 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    return issue_tokens(user, sid=uuid.uuid4().hex)
+
+
+@bp.post("/token/refresh")
+@jwt_required(refresh=True)
+@spec.validate(
+    resp=Response(HTTP_200=TokenResponse, HTTP_401=Problem),
+    tags=["auth"],
+    security={"bearer": []},
+    skip_validation=True,
+)
+def refresh():
+    """Exchange a refresh token (as the bearer) for a new access token."""
+    claims = get_jwt()
+    # An access token never outlives its session, so its revocation entry covers it.
+    lifetime = min(_access_seconds(), claims["sexp"] - int(time.time()))
+    access = create_access_token(
+        identity=current_user.username,
+        additional_claims={"role": current_user.role, "sid": claims["sid"], "sexp": claims["sexp"]},
+        expires_delta=timedelta(seconds=lifetime),
+    )
+    body = {"access_token": access, "token_type": "bearer", "expires_in": lifetime}
+    return body, 200, NO_STORE
+
+
+@bp.post("/logout")
+@jwt_required()
+@spec.validate(
+    resp=Response(HTTP_200=Message, HTTP_401=Problem, HTTP_503=Problem),
+    tags=["auth"],
+    security={"bearer": []},
+    skip_validation=True,
+)
+def logout():
+    """Revoke the presented access token and the refresh token issued with it, everywhere."""
+    claims = get_jwt()
+    revocations().revoke(claims["sid"], claims["sexp"])
+    return {"message": "Logged out"}
+
+
+def issue_tokens(user, sid):
+    """A new login session: an access token and a refresh token sharing ``sid``."""
+    session_seconds = current_app.config["REFRESH_TOKEN_DAYS"] * 86400
+    claims = {"role": user.role, "sid": sid, "sexp": int(time.time()) + session_seconds}
+    body = {
+        "access_token": create_access_token(identity=user.username, additional_claims=claims),
+        "refresh_token": create_refresh_token(
+            identity=user.username,
+            additional_claims=claims,
+            expires_delta=timedelta(seconds=claims["sexp"] - time.time()),
+        ),
+        "token_type": "bearer",
+        "expires_in": _access_seconds(),
+    }
+    return body, 200, NO_STORE
+
+
+def _access_seconds():
+    return current_app.config["ACCESS_TOKEN_MINUTES"] * 60
+
+
+def revocations():
+    return current_app.extensions["mlapi.revocations"]
 
 
 @bp.get("/users/me")
@@ -85,7 +181,31 @@ def init_app(app):
     app.config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", app.config["ACCESS_TOKEN_MINUTES"] * 60)
     app.config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", app.config["REFRESH_TOKEN_DAYS"] * 86400)
     jwt.init_app(app)
+    app.extensions["mlapi.revocations"] = Revocations(
+        redis=app.extensions.get("mlapi.redis"), prefix=app.config["REDIS_KEY_PREFIX"]
+    )
+    app.wsgi_app = BearerSchemeNormalizer(app.wsgi_app)
     app.register_blueprint(bp)
+
+
+class BearerSchemeNormalizer:
+    """RFC 7235 auth schemes are case-insensitive; flask-jwt-extended matches "Bearer" exactly."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, rest = header.partition(" ")
+        if scheme != "Bearer" and scheme.lower() == "bearer":
+            environ["HTTP_AUTHORIZATION"] = "Bearer " + rest.strip()
+        return self.wsgi_app(environ, start_response)
+
+
+@jwt.token_in_blocklist_loader
+def is_revoked(_header, data):
+    sid = data.get("sid")
+    return sid is None or revocations().is_revoked(sid)
 
 
 @jwt.user_lookup_loader
@@ -100,7 +220,11 @@ def load_user(_header, data):
 @jwt.token_verification_loader
 def verify_token_shape(header, data):
     """Refuse tokens with headers we never issue (kid, jku, jwk, crit, ...) or without exp."""
-    return set(header) <= ALLOWED_HEADERS and header.get("alg") == "HS256" and "exp" in data
+    return (
+        set(header) <= ALLOWED_HEADERS
+        and header.get("alg") == "HS256"
+        and set(data) >= REQUIRED_CLAIMS
+    )
 
 
 @jwt.unauthorized_loader

@@ -6,11 +6,13 @@ handlers registered here turn every error into ``application/problem+json``.
 
 import logging
 
-from flask import current_app, json, request
+import sqlalchemy.exc
+from flask import current_app, g, json, request
 from werkzeug.exceptions import (
     Forbidden,
     HTTPException,
     InternalServerError,
+    ServiceUnavailable,
     Unauthorized,
     UnprocessableEntity,
 )
@@ -62,6 +64,8 @@ def problem_response(exc):
     if errors:
         body["errors"] = errors
     headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+    if status != 429 and getattr(exc, "retry_after", None):
+        g.retry_after = exc.retry_after
     if status == 401 or getattr(exc, "bearer_error", None):
         headers.append(("WWW-Authenticate", www_authenticate(exc)))
     if status == 429:
@@ -84,6 +88,19 @@ def handle_http_exception(exc):
     return problem_response(exc)
 
 
+def handle_database_error(exc):
+    """The database is down, locked or timing out: a fast 503, never a 401 or a 500."""
+    from mlapi.extensions import db
+
+    log.error(
+        "database unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__
+    )
+    db.session.rollback()
+    return problem_response(
+        ServiceUnavailable("The user database is unavailable; retry shortly.", retry_after=1)
+    )
+
+
 def handle_unexpected(exc):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem_response(
@@ -93,4 +110,7 @@ def handle_unexpected(exc):
 
 def init_app(app):
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(sqlalchemy.exc.OperationalError, handle_database_error)
+    app.register_error_handler(sqlalchemy.exc.InterfaceError, handle_database_error)
+    app.register_error_handler(sqlalchemy.exc.TimeoutError, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected)

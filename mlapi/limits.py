@@ -8,12 +8,20 @@ which is exact only because the embedded mode runs a single worker process.
 import math
 import time
 
-from flask import current_app, request
+from flask import current_app, g, request
 from flask_jwt_extended import get_jwt_identity
-from limits import parse
+from limits import parse, parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mlapi.extensions import limiter
+
+LIMIT_KEYS = (
+    "PREDICT_RATE_LIMIT",
+    "PUBLIC_RATE_LIMIT",
+    "PREDICT_LIMITED_RATE_LIMIT",
+    "CUSTOM_RATE_LIMIT",
+    "LOGIN_RATE_LIMIT",
+)
 
 
 def by_address():
@@ -33,9 +41,9 @@ def config_limit(key):
 
 def remaining(key):
     """Requests left in the current window of the limit configured under ``key``."""
-    wanted = current_app.config[key]
+    wanted = parse(current_app.config[key])
     for lim in limiter.current_limits:
-        if lim.limit == parse(wanted):
+        if lim.limit == wanted and not lim.shared:
             return lim.remaining
     return 0
 
@@ -44,6 +52,29 @@ def remaining(key):
 per_user_predictions = limiter.shared_limit(
     config_limit("PREDICT_RATE_LIMIT"), scope="predictions", key_func=by_user
 )
+
+
+def strip_retry_after(response):
+    """flask-limiter sets Retry-After on every limited response; only a 429's is the limiter's.
+
+    Other errors (a 503 from a database outage) keep the value they were raised with.
+    """
+    if response.status_code != 429:
+        response.headers.pop("Retry-After", None)
+        if g.get("retry_after"):
+            response.headers["Retry-After"] = str(g.retry_after)
+    return response
+
+
+def check_limits(config):
+    """Refuse to start with a limit string flask-limiter would silently skip at request time."""
+    for key in LIMIT_KEYS:
+        try:
+            parse_many(config[key])
+        except ValueError:
+            raise ValueError(
+                f"MLAPI_{key}={config[key]!r} is not a rate limit like '10/minute'"
+            ) from None
 
 
 def add_ietf_headers(response):
@@ -61,6 +92,7 @@ def add_ietf_headers(response):
 
 def init_app(app):
     config = app.config
+    check_limits(config)
     hops = int(config["TRUSTED_PROXIES"])
     if hops > 0:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
@@ -77,5 +109,7 @@ def init_app(app):
         config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     else:
         config.setdefault("RATELIMIT_STORAGE_URI", "memory://")
+    # after_request hooks run last-registered first: this one runs after the limiter's.
+    app.after_request(strip_retry_after)
     limiter.init_app(app)
     app.after_request(add_ietf_headers)

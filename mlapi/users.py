@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -11,7 +12,7 @@ from mlapi.extensions import db
 ROLES = ("user", "admin")
 MIN_PASSWORD_LENGTH = 8
 # Checked when the username is unknown, so that both failures cost the same time.
-_DUMMY_HASH = generate_password_hash("not-a-real-password")
+_dummy_hashes = {}
 
 
 class UserError(Exception):
@@ -37,10 +38,22 @@ class User(db.Model):
 
     def set_password(self, password):
         check_password(password)
-        self.password_hash = generate_password_hash(password)
+        self.password_hash = generate_password_hash(password, method=hash_method())
 
     def to_public(self):
         return {"username": self.username, "email": self.email, "disabled": self.disabled}
+
+
+def hash_method():
+    """werkzeug's method string, e.g. "scrypt:32768:8:1" (MLAPI_PASSWORD_HASH_METHOD)."""
+    return current_app.config["PASSWORD_HASH_METHOD"]
+
+
+def _dummy_hash():
+    method = hash_method()
+    if method not in _dummy_hashes:
+        _dummy_hashes[method] = generate_password_hash("not-a-real-password", method=method)
+    return _dummy_hashes[method]
 
 
 def check_password(password):
@@ -82,10 +95,14 @@ def authenticate(username, password):
     """The enabled user with these credentials, or None. Takes the same time either way."""
     user = find(username)
     if user is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(_dummy_hash(), password)
         return None
     if not check_password_hash(user.password_hash, password) or user.disabled:
         return None
+    if not user.password_hash.startswith(hash_method() + "$"):
+        # The configured hash parameters changed since this password was set: upgrade it.
+        user.password_hash = generate_password_hash(password, method=hash_method())
+        db.session.commit()
     return user
 
 

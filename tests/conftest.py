@@ -58,14 +58,28 @@ def postgres_url():
 
 
 @pytest.fixture
-def make_app(tmp_path):
-    """Build apps on a fresh SQLite file (or the given DATABASE_URL) with test settings."""
+def backend(request):
+    """The database under test: SQLite, unless a module parametrizes this indirectly.
+
+    ``pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)``
+    runs a whole module on both.
+    """
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def make_app(tmp_path, backend, request):
+    """Build apps on a fresh database with test settings; keyword arguments override config."""
     apps = []
+    if backend == "postgres":
+        database_url = request.getfixturevalue("postgres_url")
+    else:
+        database_url = f"sqlite:///{tmp_path / 'mlapi.db'}"
 
     def factory(**overrides):
         settings = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
         settings.update(
-            DATABASE_URL=f"sqlite:///{tmp_path / 'mlapi.db'}",
+            DATABASE_URL=database_url,
             REDIS_KEY_PREFIX=f"mlapi-test-{uuid.uuid4().hex[:8]}:",
         )
         settings.update(overrides)
@@ -80,7 +94,7 @@ def make_app(tmp_path):
             db.engine.dispose()
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture
 def app(make_app):
     return make_app()
 
