@@ -22,6 +22,8 @@ class Config:
     # Redis for shared limits, cache and token revocation. Unset: in-process stores.
     REDIS_URL = None
     REDIS_SOCKET_TIMEOUT = 0.25
+    # After a Redis failure, skip it (using fallbacks) for this many seconds.
+    REDIS_RETRY_SECONDS = 2.0
     REDIS_KEY_PREFIX = "mlapi:"
 
     # Tokens and passwords.

@@ -182,7 +182,9 @@ def init_app(app):
     app.config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", app.config["REFRESH_TOKEN_DAYS"] * 86400)
     jwt.init_app(app)
     app.extensions["mlapi.revocations"] = Revocations(
-        redis=app.extensions.get("mlapi.redis"), prefix=app.config["REDIS_KEY_PREFIX"]
+        redis=app.extensions.get("mlapi.redis"),
+        breaker=app.extensions.get("mlapi.redis_breaker"),
+        prefix=app.config["REDIS_KEY_PREFIX"],
     )
     app.wsgi_app = BearerSchemeNormalizer(app.wsgi_app)
     app.register_blueprint(bp)

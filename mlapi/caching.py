@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 from cachelib.serializers import BaseSerializer
+from flask import current_app
 from flask_caching.backends import RedisCache
 
 from mlapi import models
@@ -51,7 +52,7 @@ def cached_predict(name, features):
     model = models.registry().get(name)
     key = cache_key(model, features)
     try:
-        value = cache.get(key)
+        value = _through_breaker(cache.get, key)
     except Exception:
         log.warning("prediction cache unavailable; computing without it", exc_info=True)
         count_cache("error")
@@ -62,11 +63,17 @@ def cached_predict(name, features):
     count_cache("miss")
     _, value = models.predict_one(name, features)
     try:
-        cache.set(key, value)
+        _through_breaker(cache.set, key, value)
     except Exception:
         log.warning("could not store a prediction in the cache", exc_info=True)
         count_cache("error")
     return value, False
+
+
+def _through_breaker(fn, *args):
+    """Call the cache, skipping a Redis that failed moments ago."""
+    breaker = current_app.extensions.get("mlapi.redis_breaker")
+    return breaker.call(fn, *args) if breaker else fn(*args)
 
 
 def invalidate(name, features):

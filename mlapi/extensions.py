@@ -7,6 +7,9 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from spectree import SecurityScheme, SpecTree
+from spectree.models import SecureType, SecuritySchemeData
+
+from mlapi.schemas import Problem
 
 db = SQLAlchemy()
 migrate = Migrate()
@@ -23,8 +26,10 @@ spec = SpecTree(
     security_schemes=[
         SecurityScheme(
             name="bearer",
-            data={"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", bearer_format="JWT"),
         )
     ],
-    annotations=True,
+    annotations=False,
+    naming_strategy=lambda model: model.__name__,
+    validation_error_model=Problem,
 )

@@ -11,6 +11,7 @@ from spectree import Response
 
 from mlapi import models
 from mlapi.extensions import db, limiter, spec
+from mlapi.observability import record_readiness
 from mlapi.schemas import HostFigures, Liveness, Readiness
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def run_checks(app):
     for name, result in results.items():
         if result["status"] != "ok":
             log.warning("readiness check %s failed: %s", name, result.get("error"))
+    record_readiness(results)
     return results
 
 

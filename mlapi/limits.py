@@ -98,7 +98,7 @@ def init_app(app):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     config.setdefault("RATELIMIT_STRATEGY", config["RATE_LIMIT_STRATEGY"])
-    config.setdefault("RATELIMIT_KEY_PREFIX", "mlapi")
+    config.setdefault("RATELIMIT_KEY_PREFIX", config["REDIS_KEY_PREFIX"].rstrip(":"))
     if config.get("REDIS_URL"):
         timeout = config["REDIS_SOCKET_TIMEOUT"]
         config.setdefault("RATELIMIT_STORAGE_URI", config["REDIS_URL"])

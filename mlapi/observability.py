@@ -60,6 +60,12 @@ RATE_LIMITED = Counter(
     "rate_limit_rejections_total", "Requests refused with 429, by route template.", ["endpoint"]
 )
 AUTH_FAILURES = Counter("auth_failures_total", "Authentication failures, by reason.", ["reason"])
+READINESS = Gauge(
+    "readiness_check_ok",
+    "1 if the readiness check passed on its latest probe, else 0.",
+    ["check"],
+    multiprocess_mode="livemostrecent",
+)
 
 UNMATCHED = "<unmatched>"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -82,6 +88,11 @@ def count_prediction(model, username, version="unversioned", rows=1):
 
     user = username if current_app.config["METRICS_PER_USER"] else ""
     PREDICTIONS.labels(version, model.name, user).inc(rows)
+
+
+def record_readiness(results):
+    for name, result in results.items():
+        READINESS.labels(name).set(1 if result["status"] == "ok" else 0)
 
 
 def observe_model(model, seconds):
@@ -225,6 +236,7 @@ def init_app(app):
     active = ActiveUsers(
         app.config["ACTIVE_USER_WINDOW_SECONDS"],
         redis=app.extensions.get("mlapi.redis"),
+        breaker=app.extensions.get("mlapi.redis_breaker"),
         key=app.config["REDIS_KEY_PREFIX"] + "active_users",
     )
     app.extensions["mlapi.active_users"] = active
@@ -246,9 +258,10 @@ class ActiveUsers:
     bookkeeping costs one Redis round trip per user per interval, not per request.
     """
 
-    def __init__(self, window, redis=None, key="active_users", refresh=10.0):
+    def __init__(self, window, redis=None, breaker=None, key="active_users", refresh=10.0):
         self.window = window
         self.redis = redis
+        self.breaker = breaker
         self.key = key
         self.refresh = refresh
         self._seen = {}
@@ -260,9 +273,9 @@ class ActiveUsers:
         self._seen[username] = now
         if self.redis is not None:
             try:
-                self.redis.zadd(self.key, {username: now})
+                self.breaker.call(self.redis.zadd, self.key, {username: now})
             except Exception:
-                logging.getLogger(__name__).warning("could not record activity", exc_info=True)
+                logging.getLogger(__name__).debug("could not record activity", exc_info=True)
 
     def count(self):
         cutoff = time.time() - self.window

@@ -1,6 +1,42 @@
-"""The shared Redis connection (only when MLAPI_REDIS_URL is set)."""
+"""The shared Redis connection (only when MLAPI_REDIS_URL is set), with a circuit breaker.
+
+After a Redis call fails, callers skip Redis for ``REDIS_RETRY_SECONDS`` and use
+their fallback (database, no cache), so an unreachable or paused Redis costs a
+request at most one socket timeout instead of one per call.
+"""
+
+import logging
+import time
 
 import redis
+
+log = logging.getLogger(__name__)
+
+
+class Breaker:
+    def __init__(self, cooldown):
+        self.cooldown = cooldown
+        self._open_until = 0.0
+
+    @property
+    def closed(self):
+        """True when Redis may be tried."""
+        return time.monotonic() >= self._open_until
+
+    def trip(self):
+        if self.closed:
+            log.warning("Redis call failed; using fallbacks for %.1fs", self.cooldown)
+        self._open_until = time.monotonic() + self.cooldown
+
+    def call(self, fn, *args, **kwargs):
+        """Run a Redis call; raise ``redis.RedisError`` without trying while the breaker is open."""
+        if not self.closed:
+            raise redis.ConnectionError("Redis skipped after a recent failure")
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            self.trip()
+            raise
 
 
 def init_app(app):
@@ -14,3 +50,4 @@ def init_app(app):
         socket_connect_timeout=timeout,
         health_check_interval=30,
     )
+    app.extensions["mlapi.redis_breaker"] = Breaker(app.config["REDIS_RETRY_SECONDS"])

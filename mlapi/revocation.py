@@ -33,8 +33,9 @@ class RevokedSession(db.Model):
 
 
 class Revocations:
-    def __init__(self, redis=None, prefix="mlapi:"):
+    def __init__(self, redis=None, breaker=None, prefix="mlapi:"):
         self.redis = redis
+        self.breaker = breaker
         self.prefix = prefix + "revoked:"
         self.marker = prefix + "revoked-loaded"
 
@@ -49,7 +50,7 @@ class Revocations:
         if self.redis is None:
             return
         try:
-            self._mirror(sid, expires_at)
+            self.breaker.call(self._mirror, sid, expires_at)
         except Exception:
             log.warning("revocation stored in the database but not in Redis", exc_info=True)
             raise ServiceUnavailable(
@@ -59,12 +60,12 @@ class Revocations:
     def is_revoked(self, sid):
         if self.redis is not None:
             try:
-                loaded, revoked = self.redis.mget(self.marker, self.prefix + sid)
+                loaded, revoked = self.breaker.call(self.redis.mget, self.marker, self.prefix + sid)
                 if loaded is not None:
                     return revoked is not None
-                self._reload()
+                self.breaker.call(self._reload)
             except Exception:
-                log.warning("Redis unavailable for the revocation check; using the database")
+                log.debug("revocation check falls back to the database", exc_info=True)
         row = db.session.get(RevokedSession, sid)
         return row is not None and _aware(row.expires_at) > datetime.now(UTC)
 
