@@ -56,7 +56,13 @@ def failed_login(response):
 @limiter.limit(config_limit("LOGIN_RATE_LIMIT"), key_func=login_address, deduct_when=failed_login)
 @spec.validate(
     form=LoginForm,
-    resp=Response(HTTP_200=TokenResponse, HTTP_401=Problem, HTTP_422=Problem, HTTP_429=Problem),
+    resp=Response(
+        HTTP_200=TokenResponse,
+        HTTP_401=Problem,
+        HTTP_415=Problem,
+        HTTP_422=Problem,
+        HTTP_429=Problem,
+    ),
     tags=["auth"],
     skip_validation=True,
 )

@@ -1,0 +1,121 @@
+"""The OpenAPI document describes the API, and the live service keeps to it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_api import PREDICTION_ENDPOINTS
+
+DOCUMENTED = [
+    ("post", "/token"),
+    ("post", "/token/refresh"),
+    ("post", "/logout"),
+    ("get", "/users/me"),
+    ("get", "/public"),
+    ("delete", "/cache/invalidate"),
+    ("get", "/"),
+    ("get", "/metrics"),
+    ("get", "/health/live"),
+    ("get", "/health/ready"),
+    ("get", "/health/metrics"),
+    *[("post", path) for path in PREDICTION_ENDPOINTS],
+]
+
+
+def test_document_lists_every_endpoint(client):
+    """/openapi.json is OpenAPI 3.1 and has every endpoint of the API."""
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1")
+    for method, path in DOCUMENTED:
+        assert method in document["paths"].get(path, {}), (method, path)
+    assert not any(path.startswith("/docs") for path in document["paths"])
+
+
+def test_bearer_scheme_and_protected_operations(client):
+    """The bearer scheme is declared, and prediction endpoints require it."""
+    document = client.get("/openapi.json").get_json()
+    scheme = document["components"]["securitySchemes"]["bearer"]
+    assert scheme == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    for path in PREDICTION_ENDPOINTS:
+        assert document["paths"][path]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in document["paths"]["/public"]["get"]
+
+
+def test_errors_are_documented_as_problems(client):
+    """Every documented error response is application/problem+json with the Problem schema."""
+    document = client.get("/openapi.json").get_json()
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"]
+
+
+def test_prediction_body_schema_is_a_number_array(client):
+    """The request body of a prediction is a non-empty array of numbers."""
+    document = client.get("/openapi.json").get_json()
+    assert document["components"]["schemas"]["Features"]["type"] == "array"
+    assert document["components"]["schemas"]["Features"]["minItems"] == 1
+    assert document["components"]["schemas"]["Features"]["items"] == {"type": "number"}
+
+
+def test_login_is_documented_as_a_urlencoded_form(client):
+    """/token takes the OAuth2 password form, as tutorial clients send it."""
+    body = client.get("/openapi.json").get_json()["paths"]["/token"]["post"]["requestBody"]
+    assert list(body["content"]) == ["application/x-www-form-urlencoded"]
+
+
+def test_interactive_docs_are_served(client):
+    """/docs leads to Swagger UI, which loads /docs/openapi.json."""
+    redirect = client.get("/docs")
+    assert redirect.status_code == 308
+    page = client.get(redirect.headers["Location"])
+    assert page.status_code == 200
+    assert b"swagger-ui" in page.data
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_errors_or_schema_violations(servers, tmp_path):
+    """A property-based run against live gunicorn: no 5xx, every response matches the document."""
+    server = servers(
+        env={
+            "MLAPI_PREDICT_RATE_LIMIT": "100000/minute",
+            "MLAPI_CUSTOM_RATE_LIMIT": "100000/minute",
+        },
+        create=False,
+    )
+    assert (
+        server.flask("users", "create", "fuzz", "--admin", "--password", "fuzz-pass-123").returncode
+        == 0
+    )
+    server.start()
+    token = server.token("fuzz", "fuzz-pass-123")["Authorization"]
+    result = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "schemathesis"),
+            "run",
+            server.url("/openapi.json"),
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_headers_conformance,response_schema_conformance",
+            "--header",
+            f"Authorization: {token}",
+            "--exclude-path",
+            "/logout",
+            "--max-examples",
+            "40",
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            "--no-color",
+            "--report-dir",
+            str(tmp_path / "schemathesis"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
