@@ -1,4 +1,4 @@
-"""Deployment files: Dockerfile, Kubernetes manifests, Prometheus and Grafana.
+"""Deployment files: Dockerfile, compose, Kubernetes manifests, Prometheus and Grafana.
 
 promtool (Debian's ``prometheus`` package) checks the Prometheus config, the alert
 rules and their unit tests; without it those tests skip, except under ``CI=true``,
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -28,6 +29,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "mlapi-dashboard.json"
+COMPOSE = ROOT / "compose.yaml"
 # Shows the Secret's keys; kept out of kustomization.yaml so it never replaces real values.
 SECRET_EXAMPLE = "secret.example.yaml"
 
@@ -109,7 +111,9 @@ def test_require_tool_fails_under_ci(monkeypatch):
 
 # --- every YAML file -----------------------------------------------------------------
 
-YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")], key=lambda p: str(p))
+YAML_FILES = sorted(
+    [COMPOSE, *DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")], key=lambda p: str(p)
+)
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -121,7 +125,7 @@ def test_yaml_file_parses_to_mappings(path):
 
 def test_yaml_files_are_found():
     names = {str(path.relative_to(ROOT)) for path in YAML_FILES}
-    assert {"deploy/k8s/deployment.yaml", "deploy/prometheus/alerts.yml"} <= names
+    assert {"compose.yaml", "deploy/k8s/deployment.yaml", "deploy/prometheus/alerts.yml"} <= names
 
 
 # --- environment names ---------------------------------------------------------------
@@ -167,14 +171,16 @@ def dockerfile_env():
 
 
 def env_sources():
+    compose = load_yaml(COMPOSE)["services"]["mlapi"]["environment"]
     return {
         "configmap": k8s("ConfigMap")["data"],
         "secret": k8s("Secret")["stringData"],
+        "compose": compose,
         "dockerfile": dockerfile_env(),
     }
 
 
-@pytest.mark.parametrize("source", ["configmap", "secret", "dockerfile"])
+@pytest.mark.parametrize("source", ["configmap", "secret", "compose", "dockerfile"])
 def test_env_names_are_ones_mlapi_or_gunicorn_reads(source):
     names = env_sources()[source]
     assert names
@@ -445,6 +451,64 @@ def test_kustomize_renders_the_manifests():
     assert kinds == sorted(load_yaml(K8S / name)["kind"] for name in kustomization()["resources"])
     (deployment,) = [document for document in rendered if document["kind"] == "Deployment"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "mlapi:latest"
+
+
+# --- compose -------------------------------------------------------------------------
+
+
+def compose_services():
+    return load_yaml(COMPOSE)["services"]
+
+
+def test_compose_services():
+    services = compose_services()
+    assert set(services) == {"mlapi", "redis", "postgres", "prometheus", "grafana"}
+    for name in ("mlapi", "redis", "postgres"):
+        assert "profiles" not in services[name]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+
+
+def test_compose_mlapi_settings():
+    mlapi = compose_services()["mlapi"]
+    env = mlapi["environment"]
+    assert mlapi["build"] == "."
+    assert env["WEB_CONCURRENCY"] == "4"
+    assert env["MLAPI_ENV"] == "production"
+    assert env["MLAPI_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["MLAPI_DATABASE_URL"] == "postgresql+psycopg://mlapi:mlapi@postgres:5432/mlapi"
+    assert env["MLAPI_SECRET_KEY"].startswith("${MLAPI_SECRET_KEY:?")
+
+
+def test_compose_database_url_matches_the_postgres_service():
+    env = compose_services()["postgres"]["environment"]
+    url = urlsplit(compose_services()["mlapi"]["environment"]["MLAPI_DATABASE_URL"])
+    assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+    assert url.path.lstrip("/") == env["POSTGRES_DB"]
+    assert url.hostname in compose_services()
+
+
+def test_compose_waits_for_healthy_redis_and_postgres():
+    services = compose_services()
+    assert services["mlapi"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
+    for name in ("redis", "postgres"):
+        assert services[name]["healthcheck"]["test"]
+
+
+def test_compose_stop_grace_outlasts_gunicorn_drain():
+    grace = compose_services()["mlapi"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > 30
+
+
+def test_compose_mounts_files_that_exist():
+    for name in ("prometheus", "grafana"):
+        for volume in compose_services()[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
 
 
 # --- Prometheus ----------------------------------------------------------------------
