@@ -562,6 +562,11 @@ def test_every_alert_has_a_unit_test_where_it_fires():
     assert fired == ALERTS
 
 
+def test_every_alert_is_explained_in_the_operations_guide():
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    assert [name for name in sorted(ALERTS) if name not in guide] == []
+
+
 # --- Grafana -------------------------------------------------------------------------
 
 
