@@ -6,12 +6,10 @@ sets ``PREDICT_RATE_LIMIT``). Values are parsed as JSON when they parse, so
 ``MLAPI_MAX_FEATURES=500`` is an int and ``MLAPI_METRICS_PER_USER=true`` a bool.
 """
 
-import os
-
 
 class Config:
     # Mode: "development" or "production". Production refuses unsafe settings.
-    ENV = os.environ.get("MLAPI_ENV", "development")
+    ENV = "development"
 
     # Secrets. In production MLAPI_SECRET_KEY (>= 32 bytes) is required; outside
     # production a random key is generated once into the instance folder.
