@@ -100,6 +100,20 @@ def app(make_app):
 
 
 @pytest.fixture
+def app_without_database(make_app, tmp_path):
+    """An app whose SQLite database disappeared after start (its folder is gone)."""
+    import shutil
+
+    folder = tmp_path / "vanishing"
+    folder.mkdir()
+    app = make_app(DATABASE_URL=f"sqlite:///{folder / 'mlapi.db'}")
+    shutil.rmtree(folder)
+    with app.app_context():
+        db.engine.dispose()
+    return app
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

@@ -99,6 +99,23 @@ class Gunicorn:
         response.raise_for_status()
         return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
+    def assert_unready(self, check, within):
+        """Readiness answers 503 within ``within`` seconds naming ``check``; liveness stays 200."""
+        started = time.monotonic()
+        ready = requests.get(self.url("/health/ready"), timeout=10)
+        assert time.monotonic() - started < within
+        assert ready.status_code == 503
+        assert ready.json()["checks"][check]["status"] == "fail"
+        assert requests.get(self.url("/health/live"), timeout=10).status_code == 200
+
+    def wait_ready(self, timeout=10):
+        wait_until(
+            lambda: requests.get(self.url("/health/ready"), timeout=10).status_code == 200,
+            timeout=timeout,
+            interval=0.2,
+            what="readiness to recover",
+        )
+
     def worker_pids(self):
         import psutil
 

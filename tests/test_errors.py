@@ -41,19 +41,11 @@ def test_auth_errors_are_problems_with_challenge(client, path):
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_database_down_makes_login_503_fast(make_app, tmp_path, make_user):
+def test_database_down_makes_login_503_fast(app_without_database):
     """A database that cannot be reached makes /token answer 503, never 401, never a token."""
-    import shutil
     import time
 
-    from mlapi.extensions import db
-
-    folder = tmp_path / "db"
-    folder.mkdir()
-    app = make_app(DATABASE_URL=f"sqlite:///{folder / 'mlapi.db'}")
-    shutil.rmtree(folder)
-    with app.app_context():
-        db.engine.dispose()
+    app = app_without_database
     started = time.monotonic()
     response = app.test_client().post("/token", data={"username": "a", "password": "b" * 8})
     assert time.monotonic() - started < 2
@@ -61,3 +53,30 @@ def test_database_down_makes_login_503_fast(make_app, tmp_path, make_user):
     assert "access_token" not in response.get_data(as_text=True)
     assert response.headers["Retry-After"] == "1"
     assert "database" in body["detail"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_locked_database_makes_login_503_not_401(app, client, make_user, backend):
+    """With the users table locked by another transaction, /token answers 503 within seconds."""
+    import time
+
+    import sqlalchemy as sa
+
+    make_user("alice")
+    engine = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+    with engine.connect() as conn:
+        if backend == "sqlite":
+            conn.exec_driver_sql("BEGIN EXCLUSIVE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        response = client.post(
+            "/token", data={"username": "alice", "password": "correct-horse-battery"}
+        )
+        elapsed = time.monotonic() - started
+        conn.exec_driver_sql("ROLLBACK")
+    engine.dispose()
+    assert_problem(response, 503)
+    assert elapsed < 4
+    assert "access_token" not in response.get_data(as_text=True)

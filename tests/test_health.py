@@ -19,18 +19,9 @@ def test_ready_names_each_check(client):
     assert body["checks"]["models"]["models"] == ["average:1.0", "weighted_average:2.0"]
 
 
-def test_ready_fails_when_the_database_is_gone(make_app, tmp_path):
+def test_ready_fails_when_the_database_is_gone(app_without_database):
     """A database that can no longer be opened makes readiness 503 naming the database check."""
-    import shutil
-
-    from mlapi.extensions import db
-
-    folder = tmp_path / "db"
-    folder.mkdir()
-    app = make_app(DATABASE_URL=f"sqlite:///{folder / 'mlapi.db'}")
-    shutil.rmtree(folder)
-    with app.app_context():
-        db.engine.dispose()
+    app = app_without_database
     response = app.test_client().get("/health/ready")
     body = response.get_json()
     assert response.status_code == 503

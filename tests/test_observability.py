@@ -226,21 +226,13 @@ def test_readiness_flips_when_the_database_goes_and_returns(servers, postgres_ur
         server = servers(env={"MLAPI_DATABASE_URL": proxied})
         assert requests.get(server.url("/health/ready"), timeout=10).status_code == 200
         proxy.cut()
-        started = time.monotonic()
-        ready = requests.get(server.url("/health/ready"), timeout=10)
-        assert time.monotonic() - started < 1.5
-        assert ready.status_code == 503
-        assert ready.json()["checks"]["database"]["status"] == "fail"
-        assert requests.get(server.url("/health/live"), timeout=10).status_code == 200
+        server.assert_unready("database", within=1.5)
         login = requests.post(
             server.url("/token"), data={"username": "a", "password": "b" * 9}, timeout=10
         )
         assert login.status_code == 503
         proxy.restore()
-        deadline = time.monotonic() + 10
-        while requests.get(server.url("/health/ready"), timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "readiness did not recover"
-            time.sleep(0.2)
+        server.wait_ready()
     finally:
         proxy.close()
 
