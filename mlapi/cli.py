@@ -1,7 +1,8 @@
 """Admin commands: ``flask --app wsgi users ...``."""
 
 import click
-from flask.cli import AppGroup
+from flask import g
+from flask.cli import AppGroup, with_appcontext
 
 from mlapi import users
 from mlapi.extensions import db
@@ -101,5 +102,36 @@ def set_password(username, password):
     click.echo(f"Password changed for {username!r}.")
 
 
+class MigrationsGroup(click.Group):
+    """``flask db ...``: Flask-Migrate's commands, imported only when the CLI asks for them."""
+
+    def _commands(self, ctx):
+        from flask.cli import ScriptInfo
+        from flask_migrate.cli import db as migrate_cli
+
+        from mlapi.database import init_migrations
+
+        init_migrations(ctx.ensure_object(ScriptInfo).load_app())
+        return migrate_cli
+
+    def list_commands(self, ctx):
+        return self._commands(ctx).list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        return self._commands(ctx).get_command(ctx, name)
+
+
+@click.group("db", cls=MigrationsGroup)
+@click.option("-d", "--directory", default=None, help="Migration script directory.")
+@click.option("-x", "--x-arg", multiple=True, help="Extra arguments for env.py.")
+@with_appcontext
+def db_cli(directory, x_arg):
+    """Database migrations (Flask-Migrate): upgrade, migrate, current, history, ..."""
+    # Flask-Migrate's own group does this; its commands read them.
+    g.directory = directory
+    g.x_arg = x_arg
+
+
 def init_app(app):
     app.cli.add_command(users_cli)
+    app.cli.add_command(db_cli)

@@ -1,19 +1,22 @@
 """The SQL database: engine settings and the schema, migrated on first use.
 
 The schema is managed by Alembic (Flask-Migrate). Every process that starts
-runs ``upgrade`` under a lock, so a fresh database works with no extra step
-and concurrent workers or hosts never race to create it.
+checks the database's revision against the newest migration; if they differ it
+runs ``upgrade`` under a lock, so a fresh database works with no extra step and
+concurrent workers or hosts never race to create it. Alembic is imported only
+when there is something to upgrade (it costs each worker about 10 MiB).
 """
 
 import contextlib
 import fcntl
 import logging
 import os
+import re
+from pathlib import Path
 
 import sqlalchemy as sa
-from flask_migrate import upgrade
 
-from mlapi.extensions import db, migrate
+from mlapi.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +69,45 @@ def schema_lock(app):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def head_revision():
+    """The newest migration's revision id: the one no other migration revises."""
+    revisions, parents = set(), set()
+    for path in Path(MIGRATIONS, "versions").glob("*.py"):
+        text = path.read_text()
+        revisions.add(re.search(r"^revision = ['\"](\w+)['\"]", text, re.M).group(1))
+        parent = re.search(r"^down_revision = ['\"](\w+)['\"]", text, re.M)
+        if parent:
+            parents.add(parent.group(1))
+    (head,) = revisions - parents
+    return head
+
+
+def current_revision():
+    """The database's Alembic revision, or None for a fresh database."""
+    with db.engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def init_migrations(app):
+    """Bind Flask-Migrate (for ``upgrade`` and the ``flask db`` commands)."""
+    from flask_migrate import Migrate
+
+    if "migrate" not in app.extensions:
+        Migrate(app, db, directory=MIGRATIONS)
+
+
 def ensure_schema(app):
     """Bring the schema to the latest migration (idempotent)."""
-    with app.app_context(), schema_lock(app):
-        upgrade(directory=MIGRATIONS)
+    with app.app_context():
+        if current_revision() == head_revision():
+            return
+        from flask_migrate import upgrade
+
+        init_migrations(app)
+        with schema_lock(app):
+            upgrade(directory=MIGRATIONS)
 
 
 def init_app(app):
@@ -78,6 +116,5 @@ def init_app(app):
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
     db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS)
     if app.config.get("AUTO_MIGRATE", True):
         ensure_schema(app)

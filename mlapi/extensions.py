@@ -4,7 +4,6 @@ from flask_caching import Cache
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from spectree import SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
@@ -12,7 +11,6 @@ from spectree.models import SecureType, SecuritySchemeData
 from mlapi.schemas import Problem
 
 db = SQLAlchemy()
-migrate = Migrate()
 jwt = JWTManager()
 cache = Cache()
 # Keys on the connecting address; ProxyFix rewrites it when proxies are trusted.

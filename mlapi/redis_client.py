@@ -8,8 +8,6 @@ request at most one socket timeout instead of one per call.
 import logging
 import time
 
-import redis
-
 log = logging.getLogger(__name__)
 
 
@@ -29,9 +27,9 @@ class Breaker:
         self._open_until = time.monotonic() + self.cooldown
 
     def call(self, fn, *args, **kwargs):
-        """Run a Redis call; raise ``redis.RedisError`` without trying while the breaker is open."""
+        """Run a Redis call; raise ConnectionError without trying while the breaker is open."""
         if not self.closed:
-            raise redis.ConnectionError("Redis skipped after a recent failure")
+            raise ConnectionError("Redis skipped after a recent failure")
         try:
             return fn(*args, **kwargs)
         except Exception:
@@ -43,6 +41,8 @@ def init_app(app):
     url = app.config.get("REDIS_URL")
     if not url:
         return
+    import redis  # only with Redis configured: the embedded mode does without it
+
     timeout = app.config["REDIS_SOCKET_TIMEOUT"]
     app.extensions["mlapi.redis"] = redis.Redis.from_url(
         url,

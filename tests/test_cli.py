@@ -123,3 +123,12 @@ def test_set_password_changes_the_login(runner, client):
     )
     ok = client.post("/token", data={"username": "alice", "password": "new-password-1"})
     assert ok.status_code == 200
+
+
+def test_db_commands_report_the_migrated_revision(runner):
+    """flask db current shows the database at the newest migration (applied at start)."""
+    from mlapi.database import head_revision
+
+    result = runner.invoke(args=["db", "current"])
+    assert result.exit_code == 0, result.output
+    assert f"{head_revision()} (head)" in result.output
