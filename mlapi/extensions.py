@@ -7,6 +7,7 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from spectree import SecurityScheme, SpecTree
+from spectree.models import SecureType, SecuritySchemeData
 
 db = SQLAlchemy()
 migrate = Migrate()
@@ -21,9 +22,10 @@ spec = SpecTree(
     version="1.0.0",
     path="docs",
     security_schemes=[
+        # spectree 3.0 keeps a dict given as data unconverted, and /openapi.json then fails.
         SecurityScheme(
             name="bearer",
-            data={"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", bearer_format="JWT"),
         )
     ],
     annotations=True,

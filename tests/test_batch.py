@@ -218,3 +218,23 @@ def test_with_batch_counts_rows_an_unreadable_body_costs_one(make_app):
     )
     assert_problem(response, 400)
     assert remaining(response) == 9
+
+
+def test_the_openapi_document_describes_the_batch_body(client):
+    """/openapi.json renders, and /v1/predict takes an array or an instances object."""
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    schemas = document["components"]["schemas"]
+    for path in ENDPOINTS:
+        ref = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        body = schemas[ref["schema"]["$ref"].rsplit("/", 1)[1]]
+        variants = body["anyOf"]
+        assert variants[0]["type"] == "array"
+        instances = schemas[variants[1]["$ref"].rsplit("/", 1)[1]]
+        assert instances["required"] == ["instances"]
