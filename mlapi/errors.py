@@ -1,7 +1,9 @@
 """One error shape for the whole API: RFC 9457 problem details.
 
 Code anywhere raises (``abort``, werkzeug exceptions, the problems below); the
-handlers registered here turn every error into ``application/problem+json``.
+handlers registered here turn every error into ``application/problem+json``,
+except :class:`ProtocolError`: the Open Inference Protocol routes raise it, and
+it is rendered as that protocol's ``{"error": "..."}``.
 """
 
 import logging
@@ -44,6 +46,14 @@ class InsufficientScope(Forbidden):
     bearer_error = "insufficient_scope"
 
 
+class ProtocolError(HTTPException):
+    """An error on an Open Inference Protocol route, whose clients read ``{"error": "..."}``."""
+
+    def __init__(self, detail, code=400):
+        super().__init__(description=detail)
+        self.code = code
+
+
 def pointer(loc):
     """JSON Pointer (RFC 6901) into the request body for a validation error location."""
     return "/" + "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in loc)
@@ -84,6 +94,14 @@ def handle_http_exception(exc):
     return problem_response(exc)
 
 
+def handle_protocol_error(exc):
+    return current_app.response_class(
+        json.dumps({"error": exc.description}) + "\n",
+        status=exc.code,
+        mimetype="application/json",
+    )
+
+
 def handle_unexpected(exc):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem_response(
@@ -93,4 +111,5 @@ def handle_unexpected(exc):
 
 def init_app(app):
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(ProtocolError, handle_protocol_error)
     app.register_error_handler(Exception, handle_unexpected)

@@ -255,3 +255,102 @@ class V1Response(RootModel[V1Prediction | V1BatchPrediction]):
 
 class V2Response(RootModel[V2Prediction | V2BatchPrediction]):
     """``prediction`` for a single body, ``predictions`` (one per row) for a batch."""
+
+
+# --- Open Inference Protocol (KServe V2 REST) --------------------------------------
+
+
+class ProtocolErrorBody(BaseModel):
+    error: str
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+
+
+class InferInput(BaseModel):
+    """A tensor: ``data`` flat or nested, in row-major order."""
+
+    model_config = ConfigDict(strict=True)
+
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: str
+    data: list
+    parameters: dict | None = None
+
+
+class InferRequestedOutput(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    name: str
+    parameters: dict | None = None
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [
+                        {
+                            "name": "features",
+                            "shape": [2, 3],
+                            "datatype": "FP64",
+                            "data": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]],
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    id: str | None = None
+    parameters: dict | None = None
+    inputs: Annotated[list[InferInput], Field(min_length=1)]
+    outputs: list[InferRequestedOutput] | None = None
+
+
+class InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferOutput]
