@@ -371,21 +371,29 @@ def test_binary_tensor_requests_are_refused_with_a_hint(client, auth):
 
 
 @pytest.mark.parametrize(
-    ("raw", "content_type", "status", "message"),
+    ("raw", "status", "message"),
     [
-        ("{", "application/json", 400, "not valid JSON"),
-        ('{"inputs": []}', "text/plain", 415, "Content-Type: application/json"),
-        ("[" + "1," * 600_000 + "1]", "application/json", 413, "exceeds the capacity"),
+        ("{", 400, "not valid JSON"),
+        ("[" + "1," * 600_000 + "1]", 413, "exceeds the capacity"),
     ],
 )
-def test_unreadable_bodies_get_the_protocol_error_shape(
-    client, auth, raw, content_type, status, message
-):
-    """Malformed JSON, another content type, or a body over 1 MiB: {"error"} and the status."""
+def test_unreadable_bodies_get_the_protocol_error_shape(client, auth, raw, status, message):
+    """Malformed JSON, or a body over 1 MiB: {"error"} and the status."""
     response = client.post(
-        "/v2/models/average/infer", data=raw, headers={**auth, "Content-Type": content_type}
+        "/v2/models/average/infer", data=raw, headers={**auth, "Content-Type": "application/json"}
     )
     assert_protocol_error(response, status, message)
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/octet-stream"])
+def test_the_body_is_json_whatever_its_content_type(client, auth, content_type):
+    """tritonclient sends its JSON without a Content-Type; infer reads it all the same."""
+    headers = {**auth, "Content-Type": content_type} if content_type else auth
+    response = client.post(
+        "/v2/models/average/infer", data=json.dumps(infer_body([1, 3], [1, 2])), headers=headers
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["outputs"][0]["data"] == [2.0]
 
 
 def test_infer_counts_rows_in_predictions_total(client, auth):
@@ -421,13 +429,26 @@ def test_metadata_and_infer_share_the_per_user_prediction_limit(make_app, model_
 
 
 def test_with_batch_counts_rows_infer_costs_its_rows(make_app, model_dir):
-    """Under MLAPI_BATCH_COUNTS_ROWS an infer of shape [4, 1] costs 4 requests."""
+    """Under MLAPI_BATCH_COUNTS_ROWS an infer of shape [4, 1] costs 4 requests, also
+    when sent without a Content-Type as tritonclient does."""
     app = make_app(MODEL_DIR=str(model_dir), PREDICT_RATE_LIMIT="10/minute", BATCH_COUNTS_ROWS=True)
     client, auth = login_client(app)
     body = infer_body([1, 2, 3, 4], [4, 1])
     response = client.post("/v2/models/average/infer", json=body, headers=auth)
     assert response.status_code == 200
     assert response.headers["X-RateLimit-Remaining"] == "6"
+    bare = client.post("/v2/models/average/infer", data=json.dumps(body), headers=auth)
+    assert bare.status_code == 200
+    assert bare.headers["X-RateLimit-Remaining"] == "2"
+
+
+def test_with_batch_counts_rows_a_json_view_still_refuses_other_content_types(make_app):
+    """Counting rows of a text/plain body does not let /v1/predict skip its 415."""
+    client, auth = login_client(make_app(BATCH_COUNTS_ROWS=True, PREDICT_RATE_LIMIT="10/minute"))
+    body = json.dumps({"instances": [[1], [2], [3]]})
+    response = client.post("/v1/predict", data=body, headers={**auth, "Content-Type": "text/plain"})
+    assert_problem(response, 415)
+    assert response.headers["X-RateLimit-Remaining"] == "7"
 
 
 def test_the_openapi_document_describes_the_protocol_routes(client):

@@ -5,8 +5,9 @@ protocol's ``{"error": "..."}`` (raised as :class:`ProtocolError`): 400 for a ba
 request or tensor, 404 for an unknown model or version. Authentication and rate
 limit errors stay problem+json, as everywhere else in the API.
 
-Tensors travel as JSON. The binary tensor data extension is not implemented:
-such a request gets a 400 that says so. Inputs of any numeric datatype are read
+Tensors travel as JSON, read whatever the Content-Type (tritonclient sends
+none). The binary tensor data extension is not implemented: such a request
+gets a 400 that says so. Inputs of any numeric datatype are read
 as the datatype says and converted to float64, which is what every model takes.
 """
 
@@ -163,7 +164,7 @@ def parse_request():
     if "Inference-Header-Content-Length" in request.headers:
         raise ProtocolError(BINARY_REFUSED)
     try:
-        body = request.get_json()
+        body = request.get_json(force=True)
     except HTTPException as exc:
         raise ProtocolError(exc.description, exc.code) from None
     try:
