@@ -123,7 +123,7 @@ def list_models():
         # Models load at start or the app does not start, so every listed model is ready.
         click.echo(
             f"{model.name:<{name_width}}  {model.version:<{version_width}}  yes    "
-            f"{model.input.describe()}"
+            f"{model.input_tensor.describe()}"
         )
 
 
@@ -139,8 +139,8 @@ def check_model(path):
     except ValidationProblem as exc:
         _fail(f"{path}: {exc.description}")
     click.echo(f"{path}: {model.kind} model {model.name}:{model.version}")
-    click.echo(f"  input  {model.input.describe()}")
-    click.echo(f"  output {model.output.describe()}")
+    click.echo(f"  input  {model.input_tensor.describe()}")
+    click.echo(f"  output {model.output_tensor.describe()}")
     click.echo(f"  prediction on zeros: {float(value)!r}")
 
 

@@ -65,15 +65,15 @@ class Model:
     predict_fn: Callable[[np.ndarray], np.ndarray]
     max_features: int | None = None
     metadata: dict = field(default_factory=dict)
-    input: Tensor = ANY_FEATURES
-    output: Tensor = ONE_PER_ROW
+    input_tensor: Tensor = ANY_FEATURES
+    output_tensor: Tensor = ONE_PER_ROW
     kind: str = "builtin"
     source: str = "built-in"
 
     @property
     def n_features(self):
         """The exact number of features the model takes, or None when it varies."""
-        width = self.input.shape[-1]
+        width = self.input_tensor.shape[-1]
         return None if width == -1 else width
 
     def predict(self, batch):
@@ -303,7 +303,7 @@ def _build(spec, path):
         spec.version,
         spec.description or default_description,
         predict_fn,
-        input=Tensor("features", "FP64", (-1, len(weights)), names),
+        input_tensor=Tensor("features", "FP64", (-1, len(weights)), names),
         kind=spec.kind,
         source=path,
     )

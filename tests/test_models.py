@@ -78,9 +78,17 @@ def test_json_linear_model_loads_and_predicts_x_dot_w_plus_b(model_dir):
     """A JSON linear model declares its input and computes sum(x * w) + b per row."""
     model = load_file(write_json(model_dir, "price.json", LINEAR))
     assert (model.name, model.version, model.kind) == ("price", "1", "linear")
-    assert model.input.metadata() == {"name": "features", "datatype": "FP64", "shape": [-1, 3]}
-    assert model.input.feature_names == ("rooms", "age", "area")
-    assert model.output.metadata() == {"name": "prediction", "datatype": "FP64", "shape": [-1]}
+    assert model.input_tensor.metadata() == {
+        "name": "features",
+        "datatype": "FP64",
+        "shape": [-1, 3],
+    }
+    assert model.input_tensor.feature_names == ("rooms", "age", "area")
+    assert model.output_tensor.metadata() == {
+        "name": "prediction",
+        "datatype": "FP64",
+        "shape": [-1],
+    }
     batch = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-4.0, 8.0, 16.0]])
     expected = np.sum(batch * np.array(LINEAR["weights"]), axis=1) + LINEAR["bias"]
     assert model.predict(batch).tolist() == expected.tolist() == [3.25, 1.5, -6.5]
@@ -100,8 +108,8 @@ def test_npz_logistic_model_loads_without_pickle(model_dir):
     )
     model = load_file(path)
     assert (model.name, model.version, model.kind) == ("churn", "3", "logistic")
-    assert model.input.shape == (-1, 2)
-    assert model.input.feature_names == ("tenure", "tickets")
+    assert model.input_tensor.shape == (-1, 2)
+    assert model.input_tensor.feature_names == ("tenure", "tickets")
     batch = np.array([[1.0, 2.0], [4.0, 0.0]])
     z = np.sum(batch * np.array([0.5, -1.25]), axis=1) + 0.1
     assert model.predict(batch) == pytest.approx(1 / (1 + np.exp(-z)), rel=1e-15)

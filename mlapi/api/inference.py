@@ -123,8 +123,8 @@ def model_metadata(name, version=None):
         "name": model.name,
         "versions": models.registry().versions(name),
         "platform": PLATFORM,
-        "inputs": [model.input.metadata()],
-        "outputs": [model.output.metadata()],
+        "inputs": [model.input_tensor.metadata()],
+        "outputs": [model.output_tensor.metadata()],
     }
 
 
@@ -179,9 +179,9 @@ def parse_request():
 
 def check_outputs(inference, model):
     for wanted in inference.outputs or ():
-        if wanted.name != model.output.name:
+        if wanted.name != model.output_tensor.name:
             raise ProtocolError(
-                f"Model {model.name!r} has one output, {model.output.name!r}; "
+                f"Model {model.name!r} has one output, {model.output_tensor.name!r}; "
                 f"the request asks for {wanted.name!r}."
             )
 
@@ -189,9 +189,9 @@ def check_outputs(inference, model):
 def input_batch(inference, model):
     """The request's single input tensor as a 2-D float64 batch."""
     names = [tensor.name for tensor in inference.inputs]
-    if names != [model.input.name]:
+    if names != [model.input_tensor.name]:
         raise ProtocolError(
-            f"Model {model.name!r} takes one input, {model.input.name!r}; got {names}."
+            f"Model {model.name!r} takes one input, {model.input_tensor.name!r}; got {names}."
         )
     tensor = inference.inputs[0]
     if (tensor.parameters or {}).get("binary_data_size") is not None:
@@ -276,7 +276,7 @@ def response_body(inference, model, values):
     body = {"model_name": model.name, "model_version": model.version}
     if inference.id is not None:
         body["id"] = inference.id
-    output = model.output
+    output = model.output_tensor
     body["outputs"] = [
         {
             "name": output.name,
