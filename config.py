@@ -34,6 +34,8 @@ class Config:
     MAX_CONTENT_LENGTH = 1024 * 1024
     MAX_FEATURES = 10_000
     MAX_BATCH = 1_000
+    # A batch costs the per-user prediction limit one request, or its number of rows if true.
+    BATCH_COUNTS_ROWS = False
 
     # Rate limits (flask-limiter notation, e.g. "10/minute", "100 per hour").
     PREDICT_RATE_LIMIT = "600/minute"
@@ -48,7 +50,7 @@ class Config:
     # Prediction cache.
     CACHE_TIMEOUT = 300
 
-    # Models: a folder of model files loaded at start (optional).
+    # Models: a folder of model files (.json, .npz) loaded at start (optional); see docs/models.md.
     MODEL_DIR = None
 
     # Observability.

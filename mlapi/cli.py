@@ -1,10 +1,12 @@
-"""Admin commands: ``flask --app wsgi users ...``."""
+"""Admin commands: ``flask --app wsgi users ...`` and ``flask --app wsgi models ...``."""
 
 import click
-from flask import g
+import numpy as np
+from flask import current_app, g
 from flask.cli import AppGroup, with_appcontext
 
-from mlapi import users
+from mlapi import models, users
+from mlapi.errors import ValidationProblem
 from mlapi.extensions import db
 
 users_cli = AppGroup("users", help="Manage API users.")
@@ -132,6 +134,47 @@ def db_cli(directory, x_arg):
     g.x_arg = x_arg
 
 
+models_cli = AppGroup("models", help="Inspect prediction models and check model files.")
+
+
+@models_cli.command("list")
+def list_models():
+    """List models: name, version, declared inputs, and readiness."""
+    registry = models.registry()
+    rows = [
+        registry.get(name, version)
+        for name in sorted({model.name for model in registry})
+        for version in registry.versions(name)
+    ]
+    name_width = max(len("NAME"), *(len(m.name) for m in rows))
+    version_width = max(len("VERSION"), *(len(m.version) for m in rows))
+    click.echo(f"{'NAME':<{name_width}}  {'VERSION':<{version_width}}  READY  INPUTS")
+    for model in rows:
+        # Models load at start or the app does not start, so every listed model is ready.
+        click.echo(
+            f"{model.name:<{name_width}}  {model.version:<{version_width}}  yes    "
+            f"{model.input_tensor.describe()}"
+        )
+
+
+@models_cli.command("check")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def check_model(path):
+    """Load the model file PATH and run one prediction on zeros."""
+    try:
+        model = models.load_file(path, current_app.config["MAX_FEATURES"])
+        value = model.predict(np.zeros((1, model.n_features or 1)))[0]
+    except models.ModelLoadError as exc:
+        _fail(exc)
+    except ValidationProblem as exc:
+        _fail(f"{path}: {exc.description}")
+    click.echo(f"{path}: {model.kind} model {model.name}:{model.version}")
+    click.echo(f"  input  {model.input_tensor.describe()}")
+    click.echo(f"  output {model.output_tensor.describe()}")
+    click.echo(f"  prediction on zeros: {float(value)!r}")
+
+
 def init_app(app):
     app.cli.add_command(users_cli)
     app.cli.add_command(db_cli)
+    app.cli.add_command(models_cli)

@@ -1,7 +1,9 @@
 """One error shape for the whole API: RFC 9457 problem details.
 
 Code anywhere raises (``abort``, werkzeug exceptions, the problems below); the
-handlers registered here turn every error into ``application/problem+json``.
+handlers registered here turn every error into ``application/problem+json``,
+except :class:`ProtocolError`: the Open Inference Protocol routes raise it, and
+it is rendered as that protocol's ``{"error": "..."}``.
 """
 
 import logging
@@ -44,6 +46,14 @@ class InsufficientScope(Forbidden):
 
     problem_type = "/problems/insufficient-scope"
     bearer_error = "insufficient_scope"
+
+
+class ProtocolError(HTTPException):
+    """An error on an Open Inference Protocol route, whose clients read ``{"error": "..."}``."""
+
+    def __init__(self, detail, code=400):
+        super().__init__(description=detail)
+        self.code = code
 
 
 def pointer(loc):
@@ -101,6 +111,14 @@ def handle_database_error(exc):
     )
 
 
+def handle_protocol_error(exc):
+    return current_app.response_class(
+        json.dumps({"error": exc.description}) + "\n",
+        status=exc.code,
+        mimetype="application/json",
+    )
+
+
 def handle_unexpected(exc):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem_response(
@@ -113,4 +131,5 @@ def init_app(app):
     app.register_error_handler(sqlalchemy.exc.OperationalError, handle_database_error)
     app.register_error_handler(sqlalchemy.exc.InterfaceError, handle_database_error)
     app.register_error_handler(sqlalchemy.exc.TimeoutError, handle_database_error)
+    app.register_error_handler(ProtocolError, handle_protocol_error)
     app.register_error_handler(Exception, handle_unexpected)

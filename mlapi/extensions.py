@@ -22,6 +22,7 @@ spec = SpecTree(
     version="1.0.0",
     path="docs",
     security_schemes=[
+        # spectree 3.0 keeps a dict given as data unconverted, and /openapi.json then fails.
         SecurityScheme(
             name="bearer",
             data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", bearer_format="JWT"),

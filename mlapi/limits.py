@@ -14,6 +14,7 @@ from limits import parse, parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mlapi.extensions import limiter
+from mlapi.schemas import batch_cost
 
 LIMIT_KEYS = (
     "PREDICT_RATE_LIMIT",
@@ -48,9 +49,10 @@ def remaining(key):
     return 0
 
 
-# Every authenticated prediction endpoint shares one per-user budget.
+# Every authenticated prediction endpoint shares one per-user budget. A batch costs
+# one request, or its number of rows when MLAPI_BATCH_COUNTS_ROWS is true.
 per_user_predictions = limiter.shared_limit(
-    config_limit("PREDICT_RATE_LIMIT"), scope="predictions", key_func=by_user
+    config_limit("PREDICT_RATE_LIMIT"), scope="predictions", key_func=by_user, cost=batch_cost
 )
 
 

@@ -34,9 +34,10 @@ def docs():
 def finish(document):
     for path, operations in document["paths"].items():
         for operation in operations.values():
-            for status, response in operation.get("responses", {}).items():
+            for response in operation.get("responses", {}).values():
                 content = response.get("content", {})
-                if int(status) >= 400 and "application/json" in content:
+                schema = content.get("application/json", {}).get("schema", {})
+                if schema.get("$ref", "").endswith("/Problem"):
                     content[PROBLEM_MIMETYPE] = content.pop("application/json")
             form = operation.get("requestBody", {}).get("content", {})
             if "multipart/form-data" in form:
