@@ -35,7 +35,10 @@ worker_class = "gthread" if threads > 1 else "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
+# Recycling workers bounds memory growth, but in the embedded mode the one worker holds
+# the limits and the cache: recycling it would reset them and pause service while a new
+# worker starts. So recycling is on by default only with Redis.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000" if _shared_state else "0"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000"))
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 

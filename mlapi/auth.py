@@ -23,9 +23,10 @@ from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
 from mlapi import users
 from mlapi.errors import InsufficientScope, InvalidToken, ValidationProblem, problem_response
-from mlapi.extensions import jwt, limiter, spec
+from mlapi.extensions import jwt, limiter
 from mlapi.limits import config_limit
 from mlapi.observability import count_auth_failure
+from mlapi.openapi import describe
 from mlapi.revocation import Revocations
 from mlapi.schemas import LoginForm, Message, Problem, TokenResponse, UserOut
 
@@ -54,7 +55,7 @@ def failed_login(response):
 @bp.post("/token")
 @limiter.limit(config_limit("LOGIN_RATE_LIMIT"), key_func=login_username, deduct_when=failed_login)
 @limiter.limit(config_limit("LOGIN_RATE_LIMIT"), key_func=login_address, deduct_when=failed_login)
-@spec.validate(
+@describe(
     form=LoginForm,
     resp=Response(
         HTTP_200=TokenResponse,
@@ -64,7 +65,6 @@ def failed_login(response):
         HTTP_429=Problem,
     ),
     tags=["auth"],
-    skip_validation=True,
 )
 def login():
     """OAuth2 password login: exchange a username and password for bearer tokens.
@@ -88,11 +88,8 @@ def login():
 
 @bp.post("/token/refresh")
 @jwt_required(refresh=True)
-@spec.validate(
-    resp=Response(HTTP_200=TokenResponse, HTTP_401=Problem),
-    tags=["auth"],
-    security={"bearer": []},
-    skip_validation=True,
+@describe(
+    resp=Response(HTTP_200=TokenResponse, HTTP_401=Problem), tags=["auth"], security={"bearer": []}
 )
 def refresh():
     """Exchange a refresh token (as the bearer) for a new access token."""
@@ -110,11 +107,10 @@ def refresh():
 
 @bp.post("/logout")
 @jwt_required()
-@spec.validate(
+@describe(
     resp=Response(HTTP_200=Message, HTTP_401=Problem, HTTP_503=Problem),
     tags=["auth"],
     security={"bearer": []},
-    skip_validation=True,
 )
 def logout():
     """Revoke the presented access token and the refresh token issued with it, everywhere."""
@@ -150,12 +146,7 @@ def revocations():
 
 @bp.get("/users/me")
 @jwt_required()
-@spec.validate(
-    resp=Response(HTTP_200=UserOut, HTTP_401=Problem),
-    tags=["auth"],
-    security={"bearer": []},
-    skip_validation=True,
-)
+@describe(resp=Response(HTTP_200=UserOut, HTTP_401=Problem), tags=["auth"], security={"bearer": []})
 def read_users_me():
     """The authenticated user's profile."""
     return current_user.to_public()

@@ -10,8 +10,9 @@ from flask import Blueprint, current_app
 from spectree import Response
 
 from mlapi import models
-from mlapi.extensions import db, limiter, spec
+from mlapi.extensions import db, limiter
 from mlapi.observability import record_readiness
+from mlapi.openapi import describe
 from mlapi.schemas import HostFigures, Liveness, Readiness
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ _checks_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_
 
 @bp.get("/live")
 @limiter.exempt
-@spec.validate(resp=Response(HTTP_200=Liveness), tags=["health"], skip_validation=True)
+@describe(resp=Response(HTTP_200=Liveness), tags=["health"])
 def live():
     """Liveness: the process answers. Checks nothing else: an outage must not restart it."""
     return {"status": "alive"}
@@ -32,9 +33,7 @@ def live():
 
 @bp.get("/ready")
 @limiter.exempt
-@spec.validate(
-    resp=Response(HTTP_200=Readiness, HTTP_503=Readiness), tags=["health"], skip_validation=True
-)
+@describe(resp=Response(HTTP_200=Readiness, HTTP_503=Readiness), tags=["health"])
 def ready():
     """Readiness: models loaded, database answering, Redis answering when configured."""
     checks = run_checks(current_app._get_current_object())
@@ -45,7 +44,7 @@ def ready():
 
 @bp.get("/metrics")
 @limiter.exempt
-@spec.validate(resp=Response(HTTP_200=HostFigures), tags=["health"], skip_validation=True)
+@describe(resp=Response(HTTP_200=HostFigures), tags=["health"])
 def host_metrics():
     """CPU, memory and disk use of the host, and this worker's own figures (psutil)."""
     process = psutil.Process()

@@ -6,9 +6,10 @@ from spectree import Response
 
 from mlapi import caching, models
 from mlapi.auth import admin_required
-from mlapi.extensions import limiter, spec
+from mlapi.extensions import limiter
 from mlapi.limits import by_address, by_user, config_limit, per_user_predictions, remaining
 from mlapi.observability import count_prediction
+from mlapi.openapi import describe
 from mlapi.schemas import (
     CachedPrediction,
     CustomLimitPrediction,
@@ -28,17 +29,16 @@ ERRORS = {f"HTTP_{code}": Problem for code in (400, 401, 413, 415, 422, 429)}
 
 def documented(out, tags=("predict",), **errors):
     """Describe an authenticated JSON endpoint in the OpenAPI document."""
-    return spec.validate(
+    return describe(
         json=Features,
         resp=Response(HTTP_200=out, **ERRORS, **errors),
         tags=list(tags),
         security={"bearer": []},
-        skip_validation=True,
     )
 
 
 @bp.get("/")
-@spec.validate(resp=Response(HTTP_200=ServiceIndex), tags=["service"], skip_validation=True)
+@describe(resp=Response(HTTP_200=ServiceIndex), tags=["service"])
 def index():
     """The service's name, API versions and their prediction endpoints."""
     return {
@@ -50,9 +50,7 @@ def index():
 
 @bp.get("/public")
 @limiter.limit(config_limit("PUBLIC_RATE_LIMIT"), key_func=by_address)
-@spec.validate(
-    resp=Response(HTTP_200=Message, HTTP_429=Problem), tags=["service"], skip_validation=True
-)
+@describe(resp=Response(HTTP_200=Message, HTTP_429=Problem), tags=["service"])
 def public():
     """An unauthenticated endpoint, rate limited per client address."""
     limit = current_app.config["PUBLIC_RATE_LIMIT"]

@@ -6,9 +6,9 @@ from spectree import Response
 
 from mlapi import models
 from mlapi.api.root import ERRORS
-from mlapi.extensions import spec
 from mlapi.limits import per_user_predictions
 from mlapi.observability import count_prediction
+from mlapi.openapi import describe
 from mlapi.schemas import PredictBody, V1Response, parse_rows, prediction_fields
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -16,12 +16,8 @@ bp = Blueprint("v1", __name__, url_prefix="/v1")
 
 def documented_batch(out, tag):
     """Describe an authenticated endpoint that takes one vector or an ``instances`` batch."""
-    return spec.validate(
-        json=PredictBody,
-        resp=Response(HTTP_200=out, **ERRORS),
-        tags=[tag],
-        security={"bearer": []},
-        skip_validation=True,
+    return describe(
+        json=PredictBody, resp=Response(HTTP_200=out, **ERRORS), tags=[tag], security={"bearer": []}
     )
 
 
