@@ -84,10 +84,15 @@ def head_revision():
 
 def current_revision():
     """The database's Alembic revision, or None for a fresh database."""
-    with db.engine.connect() as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
+    try:
+        with db.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.ProgrammingError:  # PostgreSQL: no such table
+        return None
+    except sa.exc.OperationalError as exc:  # SQLite: no such table; anything else is real
+        if "no such table" in str(exc):
             return None
-        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        raise
 
 
 def init_migrations(app):
