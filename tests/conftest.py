@@ -22,6 +22,15 @@ POSTGRES_URL = os.environ.get(
     "MLAPI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 PASSWORD = "correct-horse-battery"
+# A model file's content, as tests write it into MLAPI_MODEL_DIR.
+LINEAR = {
+    "name": "price",
+    "version": "1",
+    "kind": "linear",
+    "weights": [2.0, -0.5, 0.25],
+    "bias": 1.5,
+    "feature_names": ["rooms", "age", "area"],
+}
 
 
 def reachable(url):
@@ -160,6 +169,17 @@ def admin_auth(make_user, login):
     """Bearer headers for an admin called root."""
     make_user("root", role="admin")
     return login("root")
+
+
+def client_for(app, username="alice", password=PASSWORD):
+    """A test client of ``app`` and bearer headers for a new user of it."""
+    from mlapi import users
+
+    with app.app_context():
+        users.create(username, password)
+    client = app.test_client()
+    token = client.post("/token", data={"username": username, "password": password})
+    return client, {"Authorization": f"Bearer {token.get_json()['access_token']}"}
 
 
 def assert_problem(response, status):

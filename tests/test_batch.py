@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mlapi.observability import PREDICTIONS
-from tests.conftest import PASSWORD, assert_problem
+from tests.conftest import assert_problem, client_for
 
 ENDPOINTS = ["/v1/predict", "/v2/predict"]
 
@@ -14,17 +14,6 @@ ENDPOINTS = ["/v1/predict", "/v2/predict"]
 def app(make_app):
     """Room in the per-user limit for the agreement test's hundreds of requests."""
     return make_app(PREDICT_RATE_LIMIT="5000/minute")
-
-
-def client_for(app, username="bob"):
-    """A test client of ``app`` and bearer headers for a new user."""
-    from mlapi import users
-
-    with app.app_context():
-        users.create(username, PASSWORD)
-    client = app.test_client()
-    token = client.post("/token", data={"username": username, "password": PASSWORD})
-    return client, {"Authorization": f"Bearer {token.get_json()['access_token']}"}
 
 
 def test_v1_batch_answers_one_mean_per_row(client, auth):

@@ -1,6 +1,6 @@
 """The prediction cache: keyed by features and model, never leaking one user's envelope."""
 
-from tests.conftest import PASSWORD
+from tests.conftest import client_for
 
 
 def test_second_identical_request_is_a_hit(client, auth):
@@ -68,14 +68,7 @@ def test_cache_entries_expire(make_app):
     """Entries live CACHE_TIMEOUT seconds."""
     import time
 
-    from mlapi import users
-
-    app = make_app(CACHE_TIMEOUT=1)
-    client = app.test_client()
-    with app.app_context():
-        users.create("alice", PASSWORD)
-    token = client.post("/token", data={"username": "alice", "password": PASSWORD}).get_json()
-    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    client, headers = client_for(make_app(CACHE_TIMEOUT=1))
     client.post("/predict-cached", json=[1], headers=headers)
     assert client.post("/predict-cached", json=[1], headers=headers).get_json()["cached"]
     time.sleep(1.2)

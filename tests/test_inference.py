@@ -8,7 +8,7 @@ import pytest
 
 from mlapi import health
 from mlapi.observability import PREDICTIONS
-from tests.conftest import PASSWORD, assert_problem
+from tests.conftest import assert_problem, client_for
 
 PRICE_V1 = {"name": "price", "version": "1", "kind": "linear", "weights": [2.0, -0.5, 0.25]}
 PRICE_V2 = {"name": "price", "version": "2", "kind": "linear", "weights": [1.0, 1.0, 1.0]}
@@ -405,19 +405,9 @@ def test_infer_counts_rows_in_predictions_total(client, auth):
     assert counter._value.get() - before == 4
 
 
-def login_client(app, username="erin"):
-    from mlapi import users
-
-    with app.app_context():
-        users.create(username, PASSWORD)
-    client = app.test_client()
-    token = client.post("/token", data={"username": username, "password": PASSWORD})
-    return client, {"Authorization": f"Bearer {token.get_json()['access_token']}"}
-
-
 def test_metadata_and_infer_share_the_per_user_prediction_limit(make_app, model_dir):
     """Metadata, infer and /v1/predict draw on one budget; health and server metadata do not."""
-    client, auth = login_client(make_app(MODEL_DIR=str(model_dir), PREDICT_RATE_LIMIT="3/minute"))
+    client, auth = client_for(make_app(MODEL_DIR=str(model_dir), PREDICT_RATE_LIMIT="3/minute"))
     assert client.get("/v2/models/average", headers=auth).status_code == 200
     body = infer_body([1.0], [1, 1])
     assert client.post("/v2/models/average/infer", json=body, headers=auth).status_code == 200
@@ -432,7 +422,7 @@ def test_with_batch_counts_rows_infer_costs_its_rows(make_app, model_dir):
     """Under MLAPI_BATCH_COUNTS_ROWS an infer of shape [4, 1] costs 4 requests, also
     when sent without a Content-Type as tritonclient does."""
     app = make_app(MODEL_DIR=str(model_dir), PREDICT_RATE_LIMIT="10/minute", BATCH_COUNTS_ROWS=True)
-    client, auth = login_client(app)
+    client, auth = client_for(app)
     body = infer_body([1, 2, 3, 4], [4, 1])
     response = client.post("/v2/models/average/infer", json=body, headers=auth)
     assert response.status_code == 200
@@ -444,7 +434,7 @@ def test_with_batch_counts_rows_infer_costs_its_rows(make_app, model_dir):
 
 def test_with_batch_counts_rows_a_json_view_still_refuses_other_content_types(make_app):
     """Counting rows of a text/plain body does not let /v1/predict skip its 415."""
-    client, auth = login_client(make_app(BATCH_COUNTS_ROWS=True, PREDICT_RATE_LIMIT="10/minute"))
+    client, auth = client_for(make_app(BATCH_COUNTS_ROWS=True, PREDICT_RATE_LIMIT="10/minute"))
     body = json.dumps({"instances": [[1], [2], [3]]})
     response = client.post("/v1/predict", data=body, headers={**auth, "Content-Type": "text/plain"})
     assert_problem(response, 415)

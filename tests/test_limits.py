@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import PASSWORD, assert_problem
+from tests.conftest import PASSWORD, assert_problem, client_for
 
 
 def test_public_allows_five_per_minute_per_address(client):
@@ -88,14 +88,7 @@ def test_custom_limit_is_per_user(make_app):
 
 def test_predictions_share_one_per_user_budget(make_app):
     """PREDICT_RATE_LIMIT is one budget per user across every prediction endpoint."""
-    from mlapi import users
-
-    app = make_app(PREDICT_RATE_LIMIT="4/minute")
-    client = app.test_client()
-    with app.app_context():
-        users.create("alice", PASSWORD)
-    token = client.post("/token", data={"username": "alice", "password": PASSWORD}).get_json()
-    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    client, headers = client_for(make_app(PREDICT_RATE_LIMIT="4/minute"))
     paths = ["/predict", "/v1/predict", "/v2/predict", "/predict-cached"]
     assert [client.post(p, json=[1], headers=headers).status_code for p in paths] == [200] * 4
     body = assert_problem(client.post("/v2/predict-monitored", json=[1], headers=headers), 429)

@@ -9,15 +9,8 @@ import pytest
 from mlapi import models
 from mlapi.errors import ValidationProblem
 from mlapi.models import ModelLoadError, ModelRegistry, load_file, sigmoid
+from tests.conftest import LINEAR
 
-LINEAR = {
-    "name": "price",
-    "version": "1",
-    "kind": "linear",
-    "weights": [2.0, -0.5, 0.25],
-    "bias": 1.5,
-    "feature_names": ["rooms", "age", "area"],
-}
 LOGISTIC = {
     "name": "churn",
     "version": "3",

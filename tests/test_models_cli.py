@@ -6,14 +6,7 @@ import math
 import numpy as np
 import pytest
 
-LINEAR = {
-    "name": "price",
-    "version": "1",
-    "kind": "linear",
-    "weights": [2.0, -0.5, 0.25],
-    "bias": 1.5,
-    "feature_names": ["rooms", "age", "area"],
-}
+from tests.conftest import LINEAR
 
 
 @pytest.fixture

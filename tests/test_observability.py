@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.conftest import client_for
+
 PASSWORD = "observe-pass-12"
 
 
@@ -107,14 +109,8 @@ def test_per_user_series_are_off_by_default(client, auth):
 
 def test_per_user_series_when_enabled(make_app):
     """With METRICS_PER_USER, predictions_total is split by user."""
-    from mlapi import users
-
-    app = make_app(METRICS_PER_USER=True)
-    client = app.test_client()
-    with app.app_context():
-        users.create("carol", PASSWORD)
-    token = client.post("/token", data={"username": "carol", "password": PASSWORD}).get_json()
-    client.post("/predict", json=[1], headers={"Authorization": f"Bearer {token['access_token']}"})
+    client, headers = client_for(make_app(METRICS_PER_USER=True), "carol")
+    client.post("/predict", json=[1], headers=headers)
     assert 'user="carol"' in client.get("/metrics").get_data(as_text=True)
 
 

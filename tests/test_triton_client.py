@@ -18,17 +18,11 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import LINEAR
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 USERNAME, PASSWORD = "triton", "correct-horse-battery"
-LINEAR = {
-    "name": "price",
-    "version": "1",
-    "kind": "linear",
-    "weights": [2.0, -0.5, 0.25],
-    "bias": 1.5,
-    "feature_names": ["rooms", "age", "area"],
-}
 
 pytestmark = pytest.mark.slow
 

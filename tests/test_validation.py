@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import assert_problem
+from tests.conftest import assert_problem, client_for
 from tests.test_api import PREDICTION_ENDPOINTS
 
 BAD_JSON_BODIES = {
@@ -85,18 +85,9 @@ def test_non_json_content_type_is_415(client, auth, content_type):
     assert "application/json" in body["detail"]
 
 
-def test_too_many_features_is_422(make_app, make_user, login):
+def test_too_many_features_is_422(make_app):
     """More than MAX_FEATURES features is a 422 naming the bound."""
-    app = make_app(MAX_FEATURES=3)
-    client = app.test_client()
-    with app.app_context():
-        from mlapi import users
-
-        users.create("alice", "correct-horse-battery")
-    response = client.post(
-        "/token", data={"username": "alice", "password": "correct-horse-battery"}
-    )
-    headers = {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+    client, headers = client_for(make_app(MAX_FEATURES=3))
     assert client.post("/predict", json=[1, 2, 3], headers=headers).status_code == 200
     body = assert_problem(client.post("/predict", json=[1, 2, 3, 4], headers=headers), 422)
     assert "at most 3" in body["detail"]
