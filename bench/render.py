@@ -27,8 +27,9 @@ def row_for(config_name, case, kind, run, ratio):
     lat = run["latency_ms"]
     ratio_text = fmt(ratio, 2) if ratio is not None else ""
     notes = [] if run["status"] == "ok" else [run.get("reason", "")]
-    if run.get("worker_restarts"):
-        notes.append(f"{run['worker_restarts']} worker restart(s) (max_requests)")
+    notes += run.get("caveats", [])
+    if run.get("attempts", 1) > 1:
+        notes.append(f"attempt {run['attempts']} (earlier attempts had one busy worker)")
     cores = run.get("cpu_cores", {})
     each = "+".join(f"{c:.2f}" for c in cores.get("workers_each", {}).values())
     non2xx = run["non2xx"]
@@ -79,13 +80,18 @@ def render(report):
             f"- **{cname}**: {config['description']} "
             f"({config['workers']} worker(s) x {config['threads']} threads)"
         )
-    lines += ["", "| goal | config | value | threshold | result |", "|---|---|--:|--:|---|"]
+    lines += [
+        "",
+        "| goal | config | value | threshold | result | detail |",
+        "|---|---|--:|--:|---|---|",
+    ]
     for goal in report["goals"]:
         value = goal["value"]
         value_text = "–" if value is None else f"{value}"
-        result = goal["status"].upper() if goal["status"] != "n/a" else f"n/a ({goal['detail']})"
+        result = goal["status"].upper()
         lines.append(
-            f"| {goal['goal']} | {goal['config']} | {value_text} | {goal['threshold']} | {result} |"
+            f"| {goal['goal']} | {goal['config']} | {value_text} | {goal['threshold']} | {result} "
+            f"| {goal['detail']} |"
         )
     return "\n".join(lines) + "\n"
 
