@@ -229,9 +229,10 @@ def main():
     results["same fields with json.dumps and one write"] = timeit(direct_line)
 
     results["worker boot: import wsgi + create_app (s, wall, fresh process)"] = boot_seconds()
+    # /v1/predict only: /health/live is so short that garbage-collection pauses landing
+    # in random frames move its shares by 10+ points between runs (use the py-spy profile).
     results["in-process profile (pyinstrument, test client)"] = {
         "/v1/predict": inprocess_profile(predict),
-        "/health/live": inprocess_profile(live),
     }
 
     # -- prototypes measured end to end through the test client --
