@@ -12,8 +12,10 @@ malformed tokens are still refused; a disabled user is still refused on the
 next request). Writes bench/results/micro.json.
 """
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 WORK = Path(tempfile.mkdtemp(prefix="mlapi-micro-"))
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 # As under gunicorn (gunicorn.conf.py sets it before anything imports prometheus_client).
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(WORK / "prometheus")
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"])
