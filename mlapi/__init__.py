@@ -4,6 +4,7 @@ import logging
 import os
 
 from flask import Flask
+from flask.sessions import SessionInterface
 
 from config import Config
 
@@ -38,6 +39,8 @@ def create_app(config=None, instance_path=None):
 
     app.json = strict_json.StrictJSONProvider(app)
     app.request_class = strict_json.StrictRequest
+    # A token API has no cookie session: skip building one on every request.
+    app.session_interface = NoSessions()
     redis_client.init_app(app)
     observability.init_app(app)
     errors.init_app(app)
@@ -65,3 +68,13 @@ def configure(app, config):
         app.config.from_object(config)
     app.config["SECRET_KEY"] = load_secret(app)
     app.config.setdefault("SERVICE_NAME", "mlapi")
+
+
+class NoSessions(SessionInterface):
+    """Every request gets Flask's null session; nothing is ever read from or set in cookies."""
+
+    def open_session(self, app, request):
+        return None  # Flask then uses make_null_session()
+
+    def save_session(self, app, session, response):
+        pass

@@ -32,6 +32,9 @@ class RevokedSession(db.Model):
     expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
 
 
+_EXPIRY = sa.select(RevokedSession.expires_at).where(RevokedSession.sid == sa.bindparam("sid"))
+
+
 class Revocations:
     def __init__(self, redis=None, breaker=None, prefix="mlapi:"):
         self.redis = redis
@@ -66,8 +69,9 @@ class Revocations:
                 self.breaker.call(self._reload)
             except Exception:
                 log.debug("revocation check falls back to the database", exc_info=True)
-        row = db.session.get(RevokedSession, sid)
-        return row is not None and _aware(row.expires_at) > datetime.now(UTC)
+        with db.engine.connect() as conn:
+            expires_at = conn.execute(_EXPIRY, {"sid": sid}).scalar()
+        return expires_at is not None and _aware(expires_at) > datetime.now(UTC)
 
     def _mirror(self, sid, expires_at):
         ttl = max(1, int(expires_at - time.time()) + 1)

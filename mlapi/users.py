@@ -1,5 +1,6 @@
 """Users: the SQL model and the operations the API and the CLI share."""
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -106,7 +107,36 @@ def authenticate(username, password):
     return user
 
 
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated user of a request: a read-only snapshot of their row."""
+
+    username: str
+    email: str | None
+    role: str
+    disabled: bool
+
+    @property
+    def is_admin(self):
+        return self.role == "admin"
+
+    def to_public(self):
+        return {"username": self.username, "email": self.email, "disabled": self.disabled}
+
+
+_PRINCIPAL = sa.select(User.username, User.email, User.role, User.disabled).where(
+    User.username == sa.bindparam("username")
+)
+
+
 def active_user(username):
-    """The user a token names, if it still exists and is enabled."""
-    user = find(username)
-    return user if user is not None and not user.disabled else None
+    """The user a token names, if it still exists and is enabled.
+
+    This runs on every authenticated request, so it is one plain SELECT on a pooled
+    connection, without an ORM session or identity map.
+    """
+    with db.engine.connect() as conn:
+        row = conn.execute(_PRINCIPAL, {"username": username}).first()
+    if row is None or row.disabled:
+        return None
+    return Principal(*row)
