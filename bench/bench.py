@@ -59,7 +59,7 @@ def batch_instances(rows=BATCH_ROWS, seed=1):
 
 def infer_body():
     """Open Inference Protocol (KServe v2) request: one FP64 row of 4 features."""
-    return {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": SINGLE}]}
+    return {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP64", "data": SINGLE}]}
 
 
 # name, server, method, path, body, rows per request, authenticated, optional endpoint

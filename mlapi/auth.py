@@ -175,6 +175,8 @@ def init_app(app):
     app.config["JWT_ALGORITHM"] = "HS256"
     app.config["JWT_DECODE_ALGORITHMS"] = ["HS256"]
     app.config["JWT_TOKEN_LOCATION"] = ["headers"]
+    # No cookies, so no CSRF claim: a shorter token is cheaper to parse on every request.
+    app.config["JWT_COOKIE_CSRF_PROTECT"] = False
     app.config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", app.config["ACCESS_TOKEN_MINUTES"] * 60)
     app.config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", app.config["REFRESH_TOKEN_DAYS"] * 86400)
     jwt.init_app(app)
