@@ -35,10 +35,11 @@ worker_class = "gthread" if threads > 1 else "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
-# Recycling workers bounds memory growth, but in the embedded mode the one worker holds
-# the limits and the cache: recycling it would reset them and pause service while a new
-# worker starts. So recycling is on by default only with Redis.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000" if _shared_state else "0"))
+# Worker recycling is off by default: a recycled worker re-imports the app (about 0.8 s),
+# which showed as a p99 spike of half a second in the benchmark, and in the embedded mode
+# the one worker holds the limits and the cache, which recycling would reset. Set
+# GUNICORN_MAX_REQUESTS (with its jitter) to bound a memory leak, with Redis configured.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000"))
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
