@@ -100,7 +100,7 @@ def handle_http_exception(exc):
 
 def handle_database_error(exc):
     """The database is down, locked or timing out: a fast 503, never a 401 or a 500."""
-    from mlapi.extensions import db
+    from mlapi.extensions import db  # extensions imports this module (through schemas)
 
     log.error(
         "database unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 
-from flask import g, has_request_context, request
+from flask import current_app, g, has_request_context, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -84,8 +84,7 @@ def count_cache(outcome):
 
 
 def count_prediction(model, username, version="unversioned", rows=1):
-    from flask import current_app
-
+    """Count ``rows`` predictions of ``model`` served through API ``version``."""
     user = username if current_app.config["METRICS_PER_USER"] else ""
     PREDICTIONS.labels(version, model.name, user).inc(rows)
 
