@@ -211,7 +211,7 @@ def is_revoked(_header, data):
 
 @jwt.user_lookup_loader
 def load_user(_header, data):
-    user = users.active_user(data["sub"])
+    user = users.active_user(data["sub"], data["iat"])
     if user is not None:
         request.environ["mlapi.user"] = user.username
         current_app.extensions["mlapi.active_users"].touch(user.username)
@@ -258,7 +258,10 @@ def unverifiable_token(_header, _data):
 
 @jwt.user_lookup_error_loader
 def inactive_user(_header, _data):
-    return _invalid("inactive_user", "The user of this token no longer exists or is disabled.")
+    return _invalid(
+        "inactive_user",
+        "The user of this token no longer exists, is disabled, or changed their password.",
+    )
 
 
 @jwt.needs_fresh_token_loader

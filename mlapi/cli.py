@@ -54,6 +54,8 @@ def _set_disabled(username, disabled):
     except users.UserError as exc:
         _fail(exc)
     user.disabled = disabled
+    if disabled:
+        user.revoke_tokens()  # re-enabling later does not bring old tokens back
     db.session.commit()
     click.echo(f"{'Disabled' if disabled else 'Enabled'} {username!r}.")
 
@@ -92,12 +94,13 @@ def delete_user(username, yes):
 @click.argument("username")
 @click.option("--password", help="New password; prompted for, hidden, when omitted.")
 def set_password(username, password):
-    """Set a user's password."""
+    """Set a user's password; the user's existing tokens stop working."""
     try:
         user = users.get(username)
         if password is None:
             password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
         user.set_password(password)
+        user.revoke_tokens()  # sessions opened with the old password end everywhere
     except users.UserError as exc:
         _fail(exc)
     db.session.commit()

@@ -1,5 +1,6 @@
 """Users: the SQL model and the operations the API and the CLI share."""
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,6 +33,9 @@ class User(db.Model):
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=lambda: datetime.now(UTC)
     )
+    # Tokens issued (iat, POSIX seconds) before this are refused: set when the password
+    # changes or the user is disabled, so those sessions end everywhere at once.
+    tokens_valid_after: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     @property
     def is_admin(self):
@@ -40,6 +44,10 @@ class User(db.Model):
     def set_password(self, password):
         check_password(password)
         self.password_hash = generate_password_hash(password, method=hash_method())
+
+    def revoke_tokens(self):
+        """Refuse every token issued until now (and within this second)."""
+        self.tokens_valid_after = int(time.time()) + 1
 
     def to_public(self):
         return {"username": self.username, "email": self.email, "disabled": self.disabled}
@@ -115,6 +123,7 @@ class Principal:
     email: str | None
     role: str
     disabled: bool
+    tokens_valid_after: int | None
 
     @property
     def is_admin(self):
@@ -124,13 +133,14 @@ class Principal:
         return {"username": self.username, "email": self.email, "disabled": self.disabled}
 
 
-_PRINCIPAL = sa.select(User.username, User.email, User.role, User.disabled).where(
-    User.username == sa.bindparam("username")
-)
+_PRINCIPAL = sa.select(
+    User.username, User.email, User.role, User.disabled, User.tokens_valid_after
+).where(User.username == sa.bindparam("username"))
 
 
-def active_user(username):
-    """The user a token names, if it still exists and is enabled.
+def active_user(username, issued_at):
+    """The user a token names, if they still exist, are enabled, and the token (issued at
+    ``issued_at``) is not older than their last password change or disabling.
 
     This runs on every authenticated request, so it is one plain SELECT on a pooled
     connection, without an ORM session or identity map.
@@ -138,5 +148,7 @@ def active_user(username):
     with db.engine.connect() as conn:
         row = conn.execute(_PRINCIPAL, {"username": username}).first()
     if row is None or row.disabled:
+        return None
+    if row.tokens_valid_after is not None and issued_at < row.tokens_valid_after:
         return None
     return Principal(*row)

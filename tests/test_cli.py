@@ -1,5 +1,7 @@
 """The admin CLI: flask users create/list/disable/enable/delete/set-password."""
 
+import time
+
 import pytest
 
 from tests.conftest import PASSWORD
@@ -92,15 +94,24 @@ def test_list_on_empty_database_says_how_to_start(runner):
     assert "users create" in users_cmd(runner, "list").output
 
 
-def test_disable_and_enable_switch_access(runner, client):
-    """A disabled user's token stops working; enabling restores login."""
+def test_disable_ends_sessions_and_enable_restores_login(runner, client):
+    """Disabling refuses the user's token at once; after enabling, a new login works and the
+    old token stays refused."""
     users_cmd(runner, "create", "alice", "--password", PASSWORD)
     token = client.post("/token", data={"username": "alice", "password": PASSWORD}).get_json()
     headers = {"Authorization": f"Bearer {token['access_token']}"}
     assert users_cmd(runner, "disable", "alice").exit_code == 0
     assert client.get("/users/me", headers=headers).status_code == 401
     assert users_cmd(runner, "enable", "alice").exit_code == 0
-    assert client.get("/users/me", headers=headers).status_code == 200
+    assert client.get("/users/me", headers=headers).status_code == 401
+    time.sleep(1.1)  # tokens from the second of the change are refused too
+    fresh = client.post("/token", data={"username": "alice", "password": PASSWORD}).get_json()
+    assert (
+        client.get(
+            "/users/me", headers={"Authorization": f"Bearer {fresh['access_token']}"}
+        ).status_code
+        == 200
+    )
 
 
 def test_delete_asks_for_confirmation(runner):
@@ -116,8 +127,11 @@ def test_delete_asks_for_confirmation(runner):
 def test_set_password_changes_the_login(runner, client):
     """set-password replaces the password: the old one fails, the new one works."""
     users_cmd(runner, "create", "alice", "--password", PASSWORD)
+    before = client.post("/token", data={"username": "alice", "password": PASSWORD}).get_json()
     result = users_cmd(runner, "set-password", "alice", input="new-password-1\nnew-password-1\n")
     assert result.exit_code == 0, result.output
+    old_token = {"Authorization": f"Bearer {before['access_token']}"}
+    assert client.get("/users/me", headers=old_token).status_code == 401
     assert (
         client.post("/token", data={"username": "alice", "password": PASSWORD}).status_code == 401
     )
@@ -132,4 +146,20 @@ def test_db_upgrade_command_leaves_the_schema_at_head(app, runner):
     result = runner.invoke(args=["db", "upgrade"])
     assert result.exit_code == 0, result.output
     with app.app_context():
+        assert current_revision() == head_revision()
+
+
+def test_database_at_an_older_revision_is_upgraded_at_start(make_app):
+    """A database left at an earlier migration is brought to the newest one when the app starts."""
+    from flask_migrate import downgrade
+
+    from mlapi.database import MIGRATIONS, current_revision, head_revision, init_migrations
+
+    old = make_app()
+    with old.app_context():
+        init_migrations(old)
+        downgrade(directory=MIGRATIONS, revision="-1")
+        assert current_revision() != head_revision()
+    new = make_app()
+    with new.app_context():
         assert current_revision() == head_revision()
