@@ -29,8 +29,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
     OMP_NUM_THREADS=1 \
     OPENBLAS_NUM_THREADS=1 \
-    PORT=8000 \
-    GUNICORN_CMD_ARGS=--no-control-socket
+    PORT=8000
 USER 10001:10001
 EXPOSE 8000
 # No curl in the slim image: python's urllib does the probe (a non-2xx status raises).

@@ -42,6 +42,9 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000"))
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn's runtime control socket is unused here; its default path under $HOME would be
+# shared by every instance on a host and is not writable in a read-only container.
+control_socket_disable = True
 
 # JSON logs on stdout: gunicorn's error log and one access line per request.
 logger_class = "mlapi.gunicorn_logging.JsonLogger"
