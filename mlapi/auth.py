@@ -10,7 +10,7 @@ import uuid
 from datetime import timedelta
 from functools import wraps
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 from flask_jwt_extended import (
     create_access_token,
     create_refresh_token,
@@ -21,19 +21,18 @@ from flask_jwt_extended import (
 from spectree import Response
 from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
-from mlapi import users
+from mlapi import revocation, users
 from mlapi.errors import InsufficientScope, InvalidToken, ValidationProblem, problem_response
 from mlapi.extensions import jwt, limiter
 from mlapi.limits import config_limit
 from mlapi.observability import count_auth_failure
 from mlapi.openapi import describe
-from mlapi.revocation import Revocations
 from mlapi.schemas import LoginForm, Message, Problem, TokenResponse, UserOut
 
 bp = Blueprint("auth", __name__)
 
 ALLOWED_HEADERS = frozenset({"alg", "typ"})
-REQUIRED_CLAIMS = frozenset({"sub", "exp", "iat", "jti", "type", "sid", "sexp"})
+REQUIRED_CLAIMS = frozenset({"sub", "exp", "iat", "jti", "type", "sid", "sexp", "tkey"})
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -98,7 +97,12 @@ def refresh():
     lifetime = min(_access_seconds(), claims["sexp"] - int(time.time()))
     access = create_access_token(
         identity=current_user.username,
-        additional_claims={"role": current_user.role, "sid": claims["sid"], "sexp": claims["sexp"]},
+        additional_claims={
+            "role": current_user.role,
+            "sid": claims["sid"],
+            "sexp": claims["sexp"],
+            "tkey": claims["tkey"],
+        },
         expires_delta=timedelta(seconds=lifetime),
     )
     body = {"access_token": access, "token_type": "bearer", "expires_in": lifetime}
@@ -115,14 +119,19 @@ def refresh():
 def logout():
     """Revoke the presented access token and the refresh token issued with it, everywhere."""
     claims = get_jwt()
-    revocations().revoke(claims["sid"], claims["sexp"])
+    revocation.revoke(claims["sid"], claims["sexp"])
     return {"message": "Logged out"}
 
 
 def issue_tokens(user, sid):
     """A new login session: an access token and a refresh token sharing ``sid``."""
     session_seconds = current_app.config["REFRESH_TOKEN_DAYS"] * 86400
-    claims = {"role": user.role, "sid": sid, "sexp": int(time.time()) + session_seconds}
+    claims = {
+        "role": user.role,
+        "sid": sid,
+        "sexp": int(time.time()) + session_seconds,
+        "tkey": user.token_key or "",
+    }
     body = {
         "access_token": create_access_token(identity=user.username, additional_claims=claims),
         "refresh_token": create_refresh_token(
@@ -138,10 +147,6 @@ def issue_tokens(user, sid):
 
 def _access_seconds():
     return current_app.config["ACCESS_TOKEN_MINUTES"] * 60
-
-
-def revocations():
-    return current_app.extensions["mlapi.revocations"]
 
 
 @bp.get("/users/me")
@@ -180,11 +185,6 @@ def init_app(app):
     app.config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", app.config["ACCESS_TOKEN_MINUTES"] * 60)
     app.config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", app.config["REFRESH_TOKEN_DAYS"] * 86400)
     jwt.init_app(app)
-    app.extensions["mlapi.revocations"] = Revocations(
-        redis=app.extensions.get("mlapi.redis"),
-        breaker=app.extensions.get("mlapi.redis_breaker"),
-        prefix=app.config["REDIS_KEY_PREFIX"],
-    )
     app.wsgi_app = BearerSchemeNormalizer(app.wsgi_app)
     app.register_blueprint(bp)
 
@@ -205,16 +205,25 @@ class BearerSchemeNormalizer:
 
 @jwt.token_in_blocklist_loader
 def is_revoked(_header, data):
+    """Read the session's revocation and, in the same query, the token's user."""
     sid = data.get("sid")
-    return sid is None or revocations().is_revoked(sid)
+    if sid is None:
+        return True
+    g.principal, revoked = users.load_principal(data["sub"], sid)
+    return revoked
 
 
 @jwt.user_lookup_loader
 def load_user(_header, data):
-    user = users.active_user(data["sub"], data["iat"])
-    if user is not None:
-        request.environ["mlapi.user"] = user.username
-        current_app.extensions["mlapi.active_users"].touch(user.username)
+    """The token's user, read by the revocation check; None if it no longer accepts the token."""
+    if "principal" in g:
+        user = g.pop("principal")
+    else:
+        user, _ = users.load_principal(data["sub"], data.get("sid"))
+    if not users.accepts(user, data):
+        return None
+    request.environ["mlapi.user"] = user.username
+    current_app.extensions["mlapi.active_users"].touch(user.username)
     return user
 
 

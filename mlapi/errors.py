@@ -11,6 +11,7 @@ import logging
 import sqlalchemy.exc
 from flask import current_app, g, json, request
 from werkzeug.exceptions import (
+    BadRequest,
     Forbidden,
     HTTPException,
     InternalServerError,
@@ -119,6 +120,14 @@ def handle_protocol_error(exc):
     )
 
 
+def handle_data_error(exc):
+    """A value the database refuses (e.g. a NUL character): the client's input, a 400."""
+    from mlapi.extensions import db  # extensions imports this module (through schemas)
+
+    db.session.rollback()
+    return problem_response(BadRequest("The request contains a value that cannot be stored."))
+
+
 def handle_unexpected(exc):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem_response(
@@ -131,5 +140,6 @@ def init_app(app):
     app.register_error_handler(sqlalchemy.exc.OperationalError, handle_database_error)
     app.register_error_handler(sqlalchemy.exc.InterfaceError, handle_database_error)
     app.register_error_handler(sqlalchemy.exc.TimeoutError, handle_database_error)
+    app.register_error_handler(sqlalchemy.exc.DataError, handle_data_error)
     app.register_error_handler(ProtocolError, handle_protocol_error)
     app.register_error_handler(Exception, handle_unexpected)

@@ -1,28 +1,26 @@
-"""Token revocation, shared by every worker and host.
+"""Token revocation, shared by every worker and host through the database.
 
 Logging out revokes a login session: the access token presented, the refresh
 token issued with it (both carry the session id ``sid``), and every access
-token refreshed from it. Entries live until the session's tokens would have
-expired, and no longer.
+token refreshed from it. A revocation is a row kept until the session's tokens
+would have expired, and no longer.
 
-The database holds every revocation. With Redis configured, each is also
-written there and checked there (one round trip per request). Redis is never
-the only record: if it fails, checks fall back to the database, and if it
-restarts empty (a ``loaded`` marker is gone), the unexpired revocations are
-copied back from the database before it is trusted again.
+The check costs no round trip of its own: every authenticated request already
+reads its user from the shared database, and the same SELECT reads the
+session's revocation (``users.load_principal``). Keeping revocations out of
+Redis means no cache can ever disagree with the record: a Redis outage,
+restart or eviction cannot bring a revoked token back.
 """
 
-import logging
-import time
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
-from werkzeug.exceptions import ServiceUnavailable
 
 from mlapi.extensions import db
 
-log = logging.getLogger(__name__)
+UPSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 class RevokedSession(db.Model):
@@ -32,63 +30,37 @@ class RevokedSession(db.Model):
     expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
 
 
-_EXPIRY = sa.select(RevokedSession.expires_at).where(RevokedSession.sid == sa.bindparam("sid"))
-
-
-class Revocations:
-    def __init__(self, redis=None, breaker=None, prefix="mlapi:"):
-        self.redis = redis
-        self.breaker = breaker
-        self.prefix = prefix + "revoked:"
-        self.marker = prefix + "revoked-loaded"
-
-    def revoke(self, sid, expires_at):
-        """Revoke session ``sid`` until ``expires_at`` (a POSIX timestamp)."""
-        now = datetime.now(UTC)
-        db.session.execute(sa.delete(RevokedSession).where(RevokedSession.expires_at < now))
-        db.session.merge(
-            RevokedSession(sid=sid, expires_at=datetime.fromtimestamp(expires_at, UTC))
+def revoke(sid, expires_at):
+    """Revoke session ``sid`` until ``expires_at`` (a POSIX timestamp); idempotent, so
+    concurrent logouts of one session both succeed."""
+    until = datetime.fromtimestamp(expires_at, UTC)
+    db.session.execute(
+        sa.delete(RevokedSession).where(RevokedSession.expires_at < datetime.now(UTC))
+    )
+    insert = UPSERT.get(db.engine.dialect.name)
+    if insert is None:  # another database: a plain merge (not safe under races)
+        db.session.merge(RevokedSession(sid=sid, expires_at=until))
+    else:
+        statement = insert(RevokedSession).values(sid=sid, expires_at=until)
+        db.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[RevokedSession.sid], set_={"expires_at": until}
+            )
         )
-        db.session.commit()
-        if self.redis is None:
-            return
-        try:
-            self.breaker.call(self._mirror, sid, expires_at)
-        except Exception:
-            log.warning("revocation stored in the database but not in Redis", exc_info=True)
-            raise ServiceUnavailable(
-                "The logout was recorded but could not be shared with every server; retry it."
-            ) from None
-
-    def is_revoked(self, sid):
-        if self.redis is not None:
-            try:
-                loaded, revoked = self.breaker.call(self.redis.mget, self.marker, self.prefix + sid)
-                if loaded is not None:
-                    return revoked is not None
-                self.breaker.call(self._reload)
-            except Exception:
-                log.debug("revocation check falls back to the database", exc_info=True)
-        with db.engine.connect() as conn:
-            expires_at = conn.execute(_EXPIRY, {"sid": sid}).scalar()
-        return expires_at is not None and _aware(expires_at) > datetime.now(UTC)
-
-    def _mirror(self, sid, expires_at):
-        ttl = max(1, int(expires_at - time.time()) + 1)
-        self.redis.set(self.prefix + sid, 1, ex=ttl)
-
-    def _reload(self):
-        """Copy unexpired revocations from the database into an empty Redis."""
-        now = datetime.now(UTC)
-        rows = db.session.scalars(
-            sa.select(RevokedSession).where(RevokedSession.expires_at > now)
-        ).all()
-        for row in rows:
-            self._mirror(row.sid, _aware(row.expires_at).timestamp())
-        self.redis.set(self.marker, 1)
-        log.info("reloaded %d revocations into Redis", len(rows))
+    db.session.commit()
 
 
-def _aware(moment):
-    """SQLite returns naive datetimes; they were stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def revoked_until_column(sid_param="sid"):
+    """A scalar subquery: when session ``:sid`` stops being revoked (NULL if it is not)."""
+    return (
+        sa.select(RevokedSession.expires_at)
+        .where(RevokedSession.sid == sa.bindparam(sid_param))
+        .scalar_subquery()
+    )
+
+
+def still_revoked(revoked_until):
+    if revoked_until is None:
+        return False
+    aware = revoked_until if revoked_until.tzinfo else revoked_until.replace(tzinfo=UTC)
+    return aware > datetime.now(UTC)

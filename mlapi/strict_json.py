@@ -11,7 +11,7 @@ import json
 
 from flask import Request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 
 class StrictJSONProvider(DefaultJSONProvider):
@@ -39,6 +39,23 @@ class StrictRequest(Request):
 
     def get_json(self, force=False, silent=False, cache=True):
         return super().get_json(force=force, silent=False, cache=cache)
+
+    def get_data(self, *args, **kwargs):
+        """The body; a chunked body over MAX_CONTENT_LENGTH is a 413, not silently cut short.
+
+        werkzeug enforces the limit on a Content-Length, but reads a chunked body only up
+        to the limit and stops there.
+        """
+        data = super().get_data(*args, **kwargs)
+        limit = self.max_content_length
+        if (
+            self.content_length is None
+            and limit is not None
+            and len(data) >= limit
+            and self.environ["wsgi.input"].read(1)
+        ):
+            raise RequestEntityTooLarge()
+        return data
 
     def on_json_loading_failed(self, e):
         if e is None:

@@ -1,6 +1,6 @@
 """Users: the SQL model and the operations the API and the CLI share."""
 
-import time
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -9,6 +9,7 @@ from flask import current_app
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from mlapi import revocation
 from mlapi.extensions import db
 
 ROLES = ("user", "admin")
@@ -33,9 +34,10 @@ class User(db.Model):
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=lambda: datetime.now(UTC)
     )
-    # Tokens issued (iat, POSIX seconds) before this are refused: set when the password
-    # changes or the user is disabled, so those sessions end everywhere at once.
-    tokens_valid_after: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # Carried by every token as the "tkey" claim and compared on each request. A new
+    # random key on creation, password change or disabling ends every earlier session,
+    # including those of a deleted user whose name is taken again.
+    token_key: Mapped[str | None] = mapped_column(sa.String(32))
 
     @property
     def is_admin(self):
@@ -46,8 +48,8 @@ class User(db.Model):
         self.password_hash = generate_password_hash(password, method=hash_method())
 
     def revoke_tokens(self):
-        """Refuse every token issued until now (and within this second)."""
-        self.tokens_valid_after = int(time.time()) + 1
+        """End every session of this user: tokens issued until now stop working."""
+        self.token_key = secrets.token_hex(8)
 
     def to_public(self):
         return {"username": self.username, "email": self.email, "disabled": self.disabled}
@@ -82,15 +84,21 @@ def get(username):
     return user
 
 
+def valid_username(username):
+    """1 to 64 printable characters without surrounding spaces."""
+    return 0 < len(username) <= 64 and username == username.strip() and username.isprintable()
+
+
 def create(username, password, email=None, role="user"):
-    if not username or len(username) > 64 or username != username.strip():
-        raise UserError("Username must be 1 to 64 characters without surrounding spaces.")
+    if not valid_username(username):
+        raise UserError("Username must be 1 to 64 printable characters without surrounding spaces.")
     if role not in ROLES:
         raise UserError(f"Role must be one of {', '.join(ROLES)}.")
     if find(username) is not None:
         raise UserError(f"User {username!r} already exists.")
     user = User(username=username, email=email, role=role, disabled=False)
     user.set_password(password)
+    user.revoke_tokens()  # a fresh key: tokens of an earlier user of this name do not apply
     db.session.add(user)
     try:
         db.session.commit()
@@ -102,7 +110,7 @@ def create(username, password, email=None, role="user"):
 
 def authenticate(username, password):
     """The enabled user with these credentials, or None. Takes the same time either way."""
-    user = find(username)
+    user = find(username) if valid_username(username) else None
     if user is None:
         check_password_hash(_dummy_hash(), password)
         return None
@@ -123,7 +131,7 @@ class Principal:
     email: str | None
     role: str
     disabled: bool
-    tokens_valid_after: int | None
+    token_key: str | None
 
     @property
     def is_admin(self):
@@ -134,21 +142,32 @@ class Principal:
 
 
 _PRINCIPAL = sa.select(
-    User.username, User.email, User.role, User.disabled, User.tokens_valid_after
+    User.username,
+    User.email,
+    User.role,
+    User.disabled,
+    User.token_key,
+    revocation.revoked_until_column().label("revoked_until"),
 ).where(User.username == sa.bindparam("username"))
 
 
-def active_user(username, issued_at):
-    """The user a token names, if they still exist, are enabled, and the token (issued at
-    ``issued_at``) is not older than their last password change or disabling.
+def load_principal(username, sid):
+    """Read the user a token names and whether its session is revoked, in one SELECT.
 
-    This runs on every authenticated request, so it is one plain SELECT on a pooled
-    connection, without an ORM session or identity map.
+    This runs on every authenticated request: a plain query on a pooled connection,
+    without an ORM session. Returns (Principal or None, revoked).
     """
     with db.engine.connect() as conn:
-        row = conn.execute(_PRINCIPAL, {"username": username}).first()
-    if row is None or row.disabled:
-        return None
-    if row.tokens_valid_after is not None and issued_at < row.tokens_valid_after:
-        return None
-    return Principal(*row)
+        row = conn.execute(_PRINCIPAL, {"username": username, "sid": sid}).first()
+    if row is None:
+        return None, False
+    return Principal(*row[:5]), revocation.still_revoked(row.revoked_until)
+
+
+def accepts(principal, claims):
+    """Whether ``principal`` still accepts a token with these claims."""
+    return (
+        principal is not None
+        and not principal.disabled
+        and claims.get("tkey", "") == (principal.token_key or "")
+    )

@@ -37,6 +37,7 @@ def claims(**overrides):
         "role": "user",
         "sid": "s1",
         "sexp": now + 3600,
+        "tkey": "",
     }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
@@ -181,8 +182,10 @@ def test_logout_leaves_other_sessions_alone(client, make_user):
 
 def test_revocation_entry_expires_with_the_session(app, client, make_user):
     """The stored revocation lives until the session's refresh token would expire."""
+    from datetime import UTC
+
     from mlapi.extensions import db
-    from mlapi.revocation import RevokedSession, _aware
+    from mlapi.revocation import RevokedSession
 
     make_user("alice")
     pair = tokens(client)
@@ -190,7 +193,8 @@ def test_revocation_entry_expires_with_the_session(app, client, make_user):
     client.post("/logout", headers=bearer(pair["access_token"]))
     with app.app_context():
         (row,) = db.session.scalars(db.select(RevokedSession)).all()
-        assert abs(_aware(row.expires_at).timestamp() - refresh_exp) <= 1
+        expires_at = row.expires_at.replace(tzinfo=row.expires_at.tzinfo or UTC)
+        assert abs(expires_at.timestamp() - refresh_exp) <= 1
 
 
 def test_expired_access_token_is_401(make_app, make_user):
@@ -263,48 +267,60 @@ def forged(header, payload, signature=None):
 
 
 ATTACKS = {
-    "alg none": lambda: forged({"alg": "none", "typ": "JWT"}, claims(), signature=""),
-    "alg NONE": lambda: forged({"alg": "NONE", "typ": "JWT"}, claims(), signature=""),
-    "alg nOnE": lambda: forged({"alg": "nOnE"}, claims(), signature=""),
-    "HS384 with the real secret": lambda: pyjwt.encode(claims(), SECRET, algorithm="HS384"),
-    "HS512 with the real secret": lambda: pyjwt.encode(claims(), SECRET, algorithm="HS512"),
-    "RS256 header": lambda: forged({"alg": "RS256", "typ": "JWT"}, claims(), signature="AAAA"),
-    "stripped signature": lambda: (
-        pyjwt.encode(claims(), SECRET, algorithm="HS256").rsplit(".", 1)[0] + "."
+    "alg none": lambda c: forged({"alg": "none", "typ": "JWT"}, c(), signature=""),
+    "alg NONE": lambda c: forged({"alg": "NONE", "typ": "JWT"}, c(), signature=""),
+    "alg nOnE": lambda c: forged({"alg": "nOnE"}, c(), signature=""),
+    "HS384 with the real secret": lambda c: pyjwt.encode(c(), SECRET, algorithm="HS384"),
+    "HS512 with the real secret": lambda c: pyjwt.encode(c(), SECRET, algorithm="HS512"),
+    "RS256 header": lambda c: forged({"alg": "RS256", "typ": "JWT"}, c(), signature="AAAA"),
+    "stripped signature": lambda c: (
+        pyjwt.encode(c(), SECRET, algorithm="HS256").rsplit(".", 1)[0] + "."
     ),
-    "edited payload": lambda: ".".join(
+    "edited payload": lambda c: ".".join(
         [
-            pyjwt.encode(claims(), SECRET, algorithm="HS256").split(".")[0],
-            b64(claims(role="admin")),
-            pyjwt.encode(claims(), SECRET, algorithm="HS256").split(".")[2],
+            pyjwt.encode(c(), SECRET, algorithm="HS256").split(".")[0],
+            b64(c(role="admin")),
+            pyjwt.encode(c(), SECRET, algorithm="HS256").split(".")[2],
         ]
     ),
-    "wrong secret": lambda: pyjwt.encode(claims(), "another-secret-of-enough-length!!", "HS256"),
-    "kid header": lambda: pyjwt.encode(claims(), SECRET, "HS256", headers={"kid": "../../k"}),
-    "jku header": lambda: pyjwt.encode(claims(), SECRET, "HS256", headers={"jku": "http://x/k"}),
-    "jwk header": lambda: pyjwt.encode(claims(), SECRET, "HS256", headers={"jwk": {"kty": "oct"}}),
-    "crit header": lambda: forged({"alg": "HS256", "crit": ["exp"]}, claims()),
-    "missing exp": lambda: pyjwt.encode(claims(exp=None), SECRET, "HS256"),
-    "future nbf": lambda: pyjwt.encode(claims(nbf=int(time.time()) + 3600), SECRET, "HS256"),
-    "expired": lambda: pyjwt.encode(claims(exp=int(time.time()) - 10), SECRET, "HS256"),
-    "missing session": lambda: pyjwt.encode(claims(sid=None), SECRET, "HS256"),
-    "garbage": lambda: "not.a.jwt",
-    "two segments": lambda: "abc.def",
+    "wrong secret": lambda c: pyjwt.encode(c(), "another-secret-of-enough-length!!", "HS256"),
+    "kid header": lambda c: pyjwt.encode(c(), SECRET, "HS256", headers={"kid": "../../k"}),
+    "jku header": lambda c: pyjwt.encode(c(), SECRET, "HS256", headers={"jku": "http://x/k"}),
+    "jwk header": lambda c: pyjwt.encode(c(), SECRET, "HS256", headers={"jwk": {"kty": "oct"}}),
+    "crit header": lambda c: forged({"alg": "HS256", "crit": ["exp"]}, c()),
+    "missing exp": lambda c: pyjwt.encode(c(exp=None), SECRET, "HS256"),
+    "future nbf": lambda c: pyjwt.encode(c(nbf=int(time.time()) + 3600), SECRET, "HS256"),
+    "expired": lambda c: pyjwt.encode(c(exp=int(time.time()) - 10), SECRET, "HS256"),
+    "missing session": lambda c: pyjwt.encode(c(sid=None), SECRET, "HS256"),
+    "stale token key": lambda c: pyjwt.encode(c(tkey="0" * 16), SECRET, "HS256"),
+    "missing token key": lambda c: pyjwt.encode(c(tkey=None), SECRET, "HS256"),
+    "garbage": lambda c: "not.a.jwt",
+    "two segments": lambda c: "abc.def",
 }
 
 
+def alice_claims(app):
+    """A claims factory carrying alice's real token key, so only the attack is wrong."""
+    from mlapi import users
+
+    with app.app_context():
+        key = users.get("alice").token_key
+    return lambda **overrides: claims(**{"tkey": key, **overrides})
+
+
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_forged_tokens_are_401_invalid_token(client, auth, attack):
+def test_forged_tokens_are_401_invalid_token(app, client, auth, attack):
     """Every forged, tampered or expired token is a 401 invalid_token, never a 2xx, 422 or 500."""
-    response = client.post("/predict", json=[1, 2], headers=bearer(ATTACKS[attack]()))
+    response = client.post(
+        "/predict", json=[1, 2], headers=bearer(ATTACKS[attack](alice_claims(app)))
+    )
     assert_invalid_token(response)
 
 
-def test_a_token_signed_with_the_real_secret_and_key_shape_works(client, auth):
+def test_a_token_signed_with_the_real_secret_and_key_shape_works(app, client, auth):
     """The forgery helper is sound: an HS256 token with the server's claims is accepted."""
-    response = client.post(
-        "/predict", json=[1, 2], headers=bearer(forged({"alg": "HS256"}, claims()))
-    )
+    token = forged({"alg": "HS256"}, alice_claims(app)())
+    response = client.post("/predict", json=[1, 2], headers=bearer(token))
     assert response.status_code == 200
 
 
@@ -408,3 +424,47 @@ def test_hash_is_upgraded_at_login_when_parameters_change(make_app, tmp_path):
     assert response.status_code == 200
     with new.app_context():
         assert users.get("alice").password_hash.startswith("pbkdf2:sha256:2000$")
+
+
+def test_concurrent_logouts_of_one_session_all_succeed(app, make_user):
+    """Two clients logging out the same session at once: no 500, the session ends."""
+    import concurrent.futures
+
+    make_user("alice")
+    pair = tokens(app.test_client())
+
+    def logout(_):
+        return app.test_client().post("/logout", headers=bearer(pair["access_token"])).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(logout, range(12)))
+    assert set(statuses) <= {200, 401} and 200 in statuses, statuses
+    assert_invalid_token(app.test_client().get("/users/me", headers=bearer(pair["access_token"])))
+
+
+def test_recreated_username_does_not_inherit_old_tokens(app, client, make_user):
+    """Tokens of a deleted user are refused for a new user who takes the same name."""
+    from mlapi import users
+    from mlapi.extensions import db
+
+    make_user("bob")
+    old = tokens(client, "bob")
+    with app.app_context():
+        db.session.delete(users.get("bob"))
+        db.session.commit()
+    make_user("bob")
+    assert_invalid_token(client.get("/users/me", headers=bearer(old["access_token"])))
+    assert_invalid_token(client.post("/token/refresh", headers=bearer(old["refresh_token"])))
+    assert (
+        client.get("/users/me", headers=bearer(tokens(client, "bob")["access_token"])).status_code
+        == 200
+    )
+
+
+@pytest.mark.parametrize("username", ["alice\x00", "\x00", "al\nice", " alice"])
+def test_odd_usernames_fail_like_wrong_passwords(client, make_user, username):
+    """Control characters or padding in a login name are a plain 401, on every database."""
+    make_user("alice")
+    response = client.post("/token", data={"username": username, "password": PASSWORD})
+    assert response.status_code == 401
+    assert response.get_json()["detail"] == "Incorrect username or password"

@@ -106,3 +106,21 @@ def test_responses_are_strict_json(client, auth):
     text = response.get_data(as_text=True)
     assert response.status_code == 200
     assert "NaN" not in text and "Infinity" not in text
+
+
+@pytest.mark.parametrize("padding", [0, 2 * 1024 * 1024])
+def test_chunked_body_over_the_limit_is_413_not_truncated(client, auth, padding):
+    """A chunked body (no Content-Length) over 1 MiB is a 413; under it, it is read whole."""
+    import io
+
+    body = b"[1, 2]" + b" " * padding
+    response = client.post(
+        "/predict",
+        input_stream=io.BytesIO(body),
+        headers={**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    if padding:
+        assert_problem(response, 413)
+    else:
+        assert response.get_json()["prediction"] == 1.5
