@@ -39,10 +39,6 @@ class User(db.Model):
     # including those of a deleted user whose name is taken again.
     token_key: Mapped[str | None] = mapped_column(sa.String(32))
 
-    @property
-    def is_admin(self):
-        return self.role == "admin"
-
     def set_password(self, password):
         check_password(password)
         self.password_hash = generate_password_hash(password, method=hash_method())
@@ -50,9 +46,6 @@ class User(db.Model):
     def revoke_tokens(self):
         """End every session of this user: tokens issued until now stop working."""
         self.token_key = secrets.token_hex(8)
-
-    def to_public(self):
-        return {"username": self.username, "email": self.email, "disabled": self.disabled}
 
 
 def hash_method():
