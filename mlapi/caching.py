@@ -48,7 +48,7 @@ def cache_key(model, features):
 
 
 def cached_predict(name, features):
-    """Predict with model ``name``, through the cache; returns (value, was_cached)."""
+    """Predict with model ``name``, through the cache; returns (model, value, was_cached)."""
     model = models.registry().get(name)
     key = cache_key(model, features)
     try:
@@ -56,10 +56,10 @@ def cached_predict(name, features):
     except Exception:
         log.warning("prediction cache unavailable; computing without it", exc_info=True)
         count_cache("error")
-        return models.predict_one(name, features)[1], False
+        return model, models.predict_one(name, features)[1], False
     if isinstance(value, float):
         count_cache("hit")
-        return value, True
+        return model, value, True
     count_cache("miss")
     _, value = models.predict_one(name, features)
     try:
@@ -67,7 +67,7 @@ def cached_predict(name, features):
     except Exception:
         log.warning("could not store a prediction in the cache", exc_info=True)
         count_cache("error")
-    return value, False
+    return model, value, False
 
 
 def _through_breaker(fn, *args):

@@ -1,7 +1,7 @@
 """The shared Redis connection (only when MLAPI_REDIS_URL is set), with a circuit breaker.
 
 After a Redis call fails, callers skip Redis for ``REDIS_RETRY_SECONDS`` and use
-their fallback (database, no cache), so an unreachable or paused Redis costs a
+their fallback (no cache, no active-user update), so an unreachable or paused Redis costs a
 request at most one socket timeout instead of one per call.
 """
 

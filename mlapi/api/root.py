@@ -99,8 +99,8 @@ def predict_custom_limit():
 @documented(CachedPrediction)
 def predict_cached():
     """Mean of the features, cached per feature vector for MLAPI_CACHE_TIMEOUT seconds."""
-    value, cached = caching.cached_predict("average", parse(Features).root)
-    count_prediction(models.registry().get("average"), current_user.username)
+    model, value, cached = caching.cached_predict("average", parse(Features).root)
+    count_prediction(model, current_user.username)
     return {"prediction": value, "user": current_user.username, "cached": cached}
 
 
