@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -281,9 +282,23 @@ def wrk(url, seconds, connections, env, result_file):
     return json.loads(result_file.read_text())
 
 
+def own_cpu_seconds():
+    """CPU seconds of the bench and its finished children (wrk, py-spy)."""
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
+
+
+def machine_busy_seconds():
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def measure(server, url, wrk_env, args, result_file, redis_server, profile_to):
     """One measured wrk run: throughput, latency, worker CPU and RSS, Redis commands."""
     sampler = WorkerSampler(server)
+    busy, own = machine_busy_seconds(), own_cpu_seconds()
     commands = redis_server.commands() if redis_server else None
     redis_cpu = redis_server.cpu_seconds() if redis_server else None
     spy = None
@@ -302,6 +317,9 @@ def measure(server, url, wrk_env, args, result_file, redis_server, profile_to):
     cpu = sampler.finish()
     if spy:
         spy.wait(timeout=60)
+    # Whatever else ran on the machine meanwhile (other people's work): the run's noise.
+    others = machine_busy_seconds() - busy - (own_cpu_seconds() - own) - sum(cpu.values())
+    others -= redis_cpu or 0.0
     seconds = out["duration_us"] / 1e6
     requests = max(out["requests"], 1)
     result = {
@@ -318,6 +336,7 @@ def measure(server, url, wrk_env, args, result_file, redis_server, profile_to):
         "worker_cores": [round(c / seconds, 2) for c in cpu.values()],
         "rss_peak_mib": round(max(sampler.peak_rss.values(), default=0) / MIB, 1),
         "workers_seen": len(cpu),
+        "others_cores": round(max(others, 0.0) / seconds, 2),
     }
     if redis_server:
         result["redis_commands_per_request"] = round(commands / requests, 2)
@@ -501,6 +520,7 @@ def summary(result):
     if "redis_calls_per_request" in result:
         text += f"  Redis {result['redis_calls_per_request']:g} calls, "
         text += f"{result['redis_commands_per_request']:g} commands/req"
+    text += f"  others {result['others_cores']} cores"
     return text + "".join(f"  [{result[k]}]" for k in ("caveat", "reason") if k in result)
 
 
@@ -656,8 +676,8 @@ def render(report):
         f"warm-up, {report['settings']['connections']} connections",
         "",
         "| config | case | server | req/s | p50 ms | p99 ms | CPU ms/req | peak RSS/worker MiB "
-        "| Redis calls/req | Redis cmds/req | vs bare | vs tutorial | note |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| Redis calls/req | Redis cmds/req | vs bare | vs tutorial | others' cores | note |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for config, found in report["configs"].items():
         cases = found["cases"]
@@ -665,7 +685,7 @@ def render(report):
             for kind, run in runs.items():
                 if "rps" not in run:
                     lines.append(
-                        f"| {config} | {case} | {kind} | | | | | | | | | | {run.get('reason')} |"
+                        f"| {config} | {case} | {kind} | | | | | | | | | | | {run.get('reason')} |"
                     )
                     continue
                 vs = []
@@ -678,7 +698,7 @@ def render(report):
                     f"| {config} | {case} | {kind} | {run['rps']:,.0f} | {run['latency_ms']['p50']} | "
                     f"{run['latency_ms']['p99']} | {run['cpu_ms_per_request']:.2f} | {run['rss_peak_mib']} | "
                     f"{run.get('redis_calls_per_request', '')} | {run.get('redis_commands_per_request', '')} | "
-                    f"{vs[0]} | {vs[1]} | {note} |"
+                    f"{vs[0]} | {vs[1]} | {run['others_cores']} | {note} |"
                 )
     lines += [
         "",
