@@ -526,27 +526,18 @@ def summary(result):
 
 # --- goals (issue 13) ------------------------------------------------------------------
 
-
-def ratio(configs, config, case, other_case, other_kind):
-    """mlapi's case against another server's: (throughput ratio, CPU-per-request ratio)."""
-    cases = configs.get(config, {}).get("cases", {})
-    mine = cases.get(case, {}).get("mlapi", {})
-    theirs = cases.get(other_case, {}).get(other_kind, {})
-    if mine.get("status") != "ok" or theirs.get("status") != "ok":
-        return None
-    return mine["rps"] / theirs["rps"], theirs["cpu_ms_per_request"] / mine["cpu_ms_per_request"]
-
-
-def ratio_goal(configs, title, config, case, other_case, other_kind, threshold, note=""):
-    found = ratio(configs, config, case, other_case, other_kind)
-    if found is None:
-        return goal(title, config, None, f">= {threshold}x", None, "not measured")
-    throughput, cpu = found
-    verdict = throughput >= threshold
-    if verdict != (cpu >= threshold):
-        verdict = "unclear"  # throughput and CPU per request disagree: a noisy run
-    now = f"{throughput:.2f}x (CPU/req {cpu:.2f}x)"
-    return goal(title, config, now, f">= {threshold}x", verdict, note)
+BOTH = ("redis", "embedded")
+# title, configurations, mlapi's case, the other server's case, the other server, at least
+RATIO_GOALS = [
+    ("authenticated /v1/predict vs bare POST", BOTH, "predict", "predict", "bare", 0.5),
+    ("/predict-cached hit vs bare POST", ("redis",), "cached", "predict", "bare", 0.5),
+    ("/health/live vs bare GET", BOTH, "health", "health", "bare", 0.85),
+    ("/v1/predict vs the tutorial", BOTH, "predict", "predict", "tutorial", 2),
+    ("/predict-cached hit vs the tutorial's", BOTH, "cached", "cached", "tutorial", 2),
+    ("cache hit vs uncached /v1/predict (cheapest model)", BOTH, "cached", "predict", "mlapi", 1),
+    ("cache hit vs computing a >= 1 ms model", BOTH, "cached", "infer-big", "mlapi", 5),
+]
+BIG_MODEL_NOTE = "/predict-cached cannot select a model: a hit on `average` against computing `big`"
 
 
 def goal(title, config, now, target, verdict, note=""):
@@ -554,59 +545,61 @@ def goal(title, config, now, target, verdict, note=""):
     return {
         "goal": title,
         "config": config,
-        "now": now if now is not None else "–",
+        "now": "–" if now is None else now,
         "goal_value": target,
         "verdict": verdicts.get(verdict, verdict),
         "note": note,
     }
 
 
+def ratio_goal(configs, title, config, case, other_case, other_kind, threshold):
+    """mlapi's case against another server's: throughput ratio, CPU-per-request ratio."""
+    cases = configs[config]["cases"]
+    mine = cases.get(case, {}).get("mlapi", {})
+    theirs = cases.get(other_case, {}).get(other_kind, {})
+    note = BIG_MODEL_NOTE if other_case == "infer-big" else ""
+    if (
+        other_case == "infer-big"
+        and "rps" in theirs
+        and "rps" in cases.get("infer", {}).get("mlapi", {})
+    ):
+        cost = theirs["cpu_ms_per_request"] - cases["infer"]["mlapi"]["cpu_ms_per_request"]
+        note += f"; `big` costs {cost:.2f} ms/req more than `average` (goal >= 1 ms)"
+    if "rps" not in mine or "rps" not in theirs:
+        return goal(title, config, None, f">= {threshold}x", None, note or "not measured")
+    throughput = mine["rps"] / theirs["rps"]
+    cpu = theirs["cpu_ms_per_request"] / mine["cpu_ms_per_request"]
+    verdict = throughput >= threshold
+    if verdict != (cpu >= threshold):
+        verdict = "unclear"  # throughput and CPU per request disagree: a noisy run
+    now = f"{throughput:.2f}x (CPU/req {cpu:.2f}x)"
+    return goal(title, config, now, f">= {threshold}x", verdict, note)
+
+
 def evaluate_goals(configs):
-    rows = []
-    for config in ("redis", "embedded"):
-        rows.append(
-            ratio_goal(
-                configs,
-                "authenticated /v1/predict vs bare POST",
-                config,
-                "predict",
-                "predict",
-                "bare",
-                0.5,
-            )
-        )
-    rows.append(
-        ratio_goal(
-            configs, "/predict-cached hit vs bare POST", "redis", "cached", "predict", "bare", 0.5
-        )
-    )
-    for config in ("redis", "embedded"):
-        rows.append(
-            ratio_goal(
-                configs, "/health/live vs bare GET", config, "health", "health", "bare", 0.85
-            )
-        )
-    for config in ("redis", "embedded"):
-        for case, title in (
-            ("predict", "/v1/predict vs the tutorial"),
-            ("cached", "/predict-cached hit vs the tutorial's"),
-        ):
-            rows.append(ratio_goal(configs, title, config, case, case, "tutorial", 2))
+    rows = [
+        ratio_goal(configs, title, config, *compared)
+        for title, in_configs, *compared in RATIO_GOALS
+        for config in in_configs
+        if config in configs
+    ]
     for config, found in configs.items():
         runs = [r["mlapi"] for r in found["cases"].values() if "rps" in r.get("mlapi", {})]
         peak = max((r["rss_peak_mib"] for r in runs), default=None)
+        now, verdict = (None, None) if peak is None else (f"{peak} MiB", peak < 80)
+        rows.append(goal("peak RSS per mlapi worker", config, now, "< 80 MiB", verdict))
         rows.append(
             goal(
-                "peak RSS per mlapi worker",
+                "SQL queries per authenticated request",
                 config,
-                None if peak is None else f"{peak} MiB",
-                "< 80 MiB",
-                None if peak is None else peak < 80,
+                None,
+                "<= 1 per user per s per worker",
+                None,
+                "not measured by the bench: for the tests to count",
             )
         )
-    cases = configs.get("redis", {}).get("cases", {})
-    for case in ("predict", "cached", "infer"):
-        run = cases.get(case, {}).get("mlapi", {})
+    for case in ("predict", "cached", "infer") if "redis" in configs else ():
+        run = configs["redis"]["cases"].get(case, {}).get("mlapi", {})
         calls = run.get("redis_calls_per_request")
         rows.append(
             goal(
@@ -621,47 +614,7 @@ def evaluate_goals(configs):
                 "excluded; commands: INFO total_commands_processed under load",
             )
         )
-    for config in ("redis", "embedded"):
-        rows.append(
-            goal(
-                "SQL queries per authenticated request",
-                config,
-                None,
-                "<= 1 per user per s per worker",
-                None,
-                "not measured by the bench: for the tests to count",
-            )
-        )
-        rows.append(
-            ratio_goal(
-                configs,
-                "cache hit vs uncached /v1/predict (cheapest model)",
-                config,
-                "cached",
-                "predict",
-                "mlapi",
-                1,
-            )
-        )
-        cases = configs.get(config, {}).get("cases", {})
-        big, small = (cases.get(c, {}).get("mlapi", {}) for c in ("infer-big", "infer"))
-        note = "/predict-cached cannot select a model: a hit on `average` against computing `big`"
-        if "rps" in big and "rps" in small:
-            cost = big["cpu_ms_per_request"] - small["cpu_ms_per_request"]
-            note += f"; `big` costs {cost:.2f} ms/req more than `average` (goal >= 1 ms)"
-        rows.append(
-            ratio_goal(
-                configs,
-                "cache hit vs computing a >= 1 ms model",
-                config,
-                "cached",
-                "infer-big",
-                "mlapi",
-                5,
-                note,
-            )
-        )
-    return [row for row in rows if row["config"] in configs]
+    return rows
 
 
 # --- report ------------------------------------------------------------------------------
