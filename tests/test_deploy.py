@@ -32,6 +32,9 @@ DASHBOARD = DEPLOY / "grafana" / "mlapi-dashboard.json"
 COMPOSE = ROOT / "compose.yaml"
 # Shows the Secret's keys; kept out of kustomization.yaml so it never replaces real values.
 SECRET_EXAMPLE = "secret.example.yaml"
+# The buffering reverse proxy in front of gunicorn, for compose and the Kubernetes sidecar.
+NGINX_CONF = K8S / "nginx.conf"
+PROXY_PORT = 8080
 
 # The metric families mlapi exports, by type (mlapi/observability.py, mlapi/health.py).
 METRICS = {
@@ -62,6 +65,8 @@ ALERTS = {
 }
 # Environment the image sets for Python itself and for gunicorn's command line.
 PROCESS_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "GUNICORN_CMD_ARGS"}
+# The files holding the secrets (the Docker/Kubernetes secrets convention) that config.py reads.
+SECRET_FILE_ENV = {"MLAPI_SECRET_KEY_FILE", "MLAPI_DATABASE_URL_FILE", "MLAPI_REDIS_URL_FILE"}
 
 
 def require_tool(name, hint):
@@ -158,7 +163,7 @@ def test_env_names_read_finds_gunicorn_settings():
 
 
 def unknown_env(names):
-    known = CONFIG_ENV | GUNICORN_ENV | APP_ENV | PROCESS_ENV
+    known = CONFIG_ENV | GUNICORN_ENV | APP_ENV | PROCESS_ENV | SECRET_FILE_ENV
     return sorted(set(names) - known)
 
 
@@ -365,10 +370,19 @@ def test_tmp_is_a_writable_empty_dir_holding_every_written_path():
     assert k8s("ConfigMap")["data"]["MLAPI_INSTANCE_PATH"].startswith("/tmp/")
 
 
-def test_env_comes_from_the_configmap_and_the_secret():
+def test_env_comes_from_the_configmap_and_secrets_from_files():
     refs = container()["envFrom"]
-    assert {"configMapRef": {"name": k8s("ConfigMap")["metadata"]["name"]}} in refs
-    assert {"secretRef": {"name": k8s("Secret")["metadata"]["name"]}} in refs
+    assert refs == [{"configMapRef": {"name": k8s("ConfigMap")["metadata"]["name"]}}]
+    (volume,) = [v for v in pod_spec()["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == k8s("Secret")["metadata"]["name"]
+    assert volume["secret"]["defaultMode"] == 0o440
+    (mount,) = [m for m in container()["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    files = {item["name"]: item["value"] for item in container()["env"]}
+    assert files == {
+        f"{key}_FILE": f"{mount['mountPath']}/{key}" for key in k8s("Secret")["stringData"]
+    }
+    assert set(files) == SECRET_FILE_ENV
 
 
 def test_production_settings_and_shared_state_for_several_workers():
@@ -420,7 +434,7 @@ def test_service_routes_to_the_http_port_of_the_pods():
     service = k8s("Service")
     labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == [PROXY_PORT]
 
 
 def test_hpa_scales_the_deployment_on_cpu():
@@ -448,9 +462,10 @@ def test_kustomize_renders_the_manifests():
         pytest.skip("kubectl is not installed; the manifests are checked above without it")
     rendered = list(yaml.safe_load_all(run(kubectl, "kustomize", str(K8S))))
     kinds = sorted(document["kind"] for document in rendered)
-    assert kinds == sorted(load_yaml(K8S / name)["kind"] for name in kustomization()["resources"])
+    files = [load_yaml(K8S / name)["kind"] for name in kustomization()["resources"]]
+    assert kinds == sorted([*files, "ConfigMap"])  # and the proxy's generated ConfigMap
     (deployment,) = [document for document in rendered if document["kind"] == "Deployment"]
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "mlapi:latest"
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "mlapi:1.0.0"
 
 
 # --- compose -------------------------------------------------------------------------
@@ -462,8 +477,8 @@ def compose_services():
 
 def test_compose_services():
     services = compose_services()
-    assert set(services) == {"mlapi", "redis", "postgres", "prometheus", "grafana"}
-    for name in ("mlapi", "redis", "postgres"):
+    assert set(services) == {"proxy", "mlapi", "redis", "postgres", "prometheus", "grafana"}
+    for name in ("proxy", "mlapi", "redis", "postgres"):
         assert "profiles" not in services[name]
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["monitoring"]
@@ -748,3 +763,273 @@ def app_source():
 def test_metric_is_defined_by_the_app(name):
     """Every metric the dashboards and alerts use is one the app registers."""
     assert f'"{name}"' in app_source()
+
+
+# --- the buffering proxy (nginx) ------------------------------------------------------
+
+
+def nginx():
+    return require_tool("nginx", "Debian's nginx package provides it; .ci/run installs it")
+
+
+def nginx_directives(text=None):
+    """{directive: [arguments, ...]} of nginx.conf, comments and blocks flattened."""
+    text = re.sub(r"#[^\n]*", "", text if text is not None else NGINX_CONF.read_text())
+    found = {}
+    for statement in re.split(r"[;{}]", text):
+        words = statement.split()
+        if words:
+            found.setdefault(words[0], []).append(" ".join(words[1:]))
+    return found
+
+
+def gunicorn_default(name):
+    """The default gunicorn.conf.py gives setting ``name`` when the variable is unset."""
+    text = (ROOT / "gunicorn.conf.py").read_text()
+    match = re.search(rf"""os\.environ\.get\(["']{name}["'],\s*["'](\d+)["']\)""", text)
+    assert match, name
+    return int(match.group(1))
+
+
+def nginx_config_for_test(directory, upstream, port):
+    """The shipped nginx.conf with its upstream, port and /tmp paths moved for this machine."""
+    text = NGINX_CONF.read_text()
+    assert text.count("server mlapi-app:8000;") == 1 and text.count(f"listen {PROXY_PORT};") == 1
+    text = text.replace("server mlapi-app:8000;", f"server {upstream};")
+    text = text.replace(f"listen {PROXY_PORT};", f"listen 127.0.0.1:{port};")
+    assert text.count(" /tmp/") == len(nginx_directives()["pid"]) + 5  # the six paths
+    text = text.replace(" /tmp/", f" {directory}/")
+    path = directory / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def nginx_command(path):
+    command = [nginx(), "-e", "stderr", "-c", str(path)]
+    if os.geteuid() == 0:  # a root master would run its workers as nobody, outside tmp_path
+        command += ["-g", "user root;"]
+    return command
+
+
+def test_nginx_directives_reads_the_config():
+    found = nginx_directives("a 1; # b 2;\nhttp { c x  y; server { c z; } }")
+    assert found == {"a": ["1"], "http": [""], "c": ["x y", "z"], "server": [""]}
+
+
+def test_nginx_accepts_the_shipped_config(tmp_path):
+    path = nginx_config_for_test(tmp_path, "127.0.0.1:8000", 18080)
+    result = subprocess.run(
+        [*nginx_command(path), "-t"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
+
+
+def test_nginx_limits_match_the_app():
+    found = nginx_directives()
+    assert found["client_max_body_size"] == ["1m"]
+    assert Config.MAX_CONTENT_LENGTH == 1024 * 1024
+    assert found["proxy_request_buffering"] == ["on"]
+    assert found["proxy_buffering"] == ["on"]
+    # Idle upstream connections close on nginx's side first, before gunicorn's keep-alive.
+    assert found["keepalive_timeout"][0] == "4s"
+    assert int(found["keepalive_timeout"][0][:-1]) < gunicorn_default("GUNICORN_KEEPALIVE")
+    # No answer takes longer than gunicorn lets a worker be silent.
+    timeout = gunicorn_default("GUNICORN_TIMEOUT")
+    assert found["proxy_read_timeout"] == [f"{timeout}s"]
+    assert int(k8s("ConfigMap")["data"]["GUNICORN_TIMEOUT"]) == timeout
+    # A request head and a pause in a body are bounded; idle client connections outlive
+    # the upstream keep-alive of a proxy in front (ingress-nginx: 60 s).
+    assert found["client_header_timeout"] == ["10s"]
+    assert found["client_body_timeout"] == ["10s"]
+    assert int(found["keepalive_timeout"][1][:-1]) > 60
+
+
+def test_nginx_forwards_the_client_address_for_one_trusted_hop():
+    found = nginx_directives()
+    headers = dict(value.split(" ", 1) for value in found["proxy_set_header"])
+    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
+    assert headers["X-Forwarded-Proto"] == "$mlapi_forwarded_proto"
+    assert headers["X-Forwarded-Host"] == "$mlapi_forwarded_host"
+    assert k8s("ConfigMap")["data"]["MLAPI_TRUSTED_PROXIES"] == "1"
+    assert compose_services()["mlapi"]["environment"]["MLAPI_TRUSTED_PROXIES"] == "1"
+
+
+def test_nginx_writes_only_under_tmp():
+    found = nginx_directives()
+    paths = [found["pid"][0]] + [found[key][0] for key in found if key.endswith("_temp_path")]
+    assert len(paths) == 6 and all(path.startswith("/tmp/") for path in paths)
+
+
+class Nginx:
+    """nginx with the shipped config in front of a real gunicorn."""
+
+    def __init__(self, directory, upstream):
+        directory.mkdir(parents=True, exist_ok=True)
+        from tests.servers import free_port
+
+        self.port = free_port()
+        self.path = nginx_config_for_test(directory, upstream, self.port)
+        self.log_path = directory / "nginx.log"
+        self.process = None
+
+    def start(self):
+        from tests.servers import wait_until
+
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            nginx_command(self.path), stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_until(self._listening, timeout=10, what=f"nginx on port {self.port}")
+        return self
+
+    def _listening(self):
+        import socket
+
+        assert self.process.poll() is None, self.log_path.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def proxied(servers, tmp_path):
+    """(nginx, gunicorn): mlapi under gunicorn as deployed, behind the shipped nginx.conf."""
+    nginx()
+    app = servers(env={"MLAPI_TRUSTED_PROXIES": "1"})
+    proxy = Nginx(tmp_path / "nginx", f"127.0.0.1:{app.port}").start()
+    yield proxy, app
+    proxy.stop()
+
+
+def slow_socket(port, first_bytes):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(first_bytes)
+    sock.setblocking(False)
+    return sock
+
+
+def closed_by_server(sock):
+    """True once the server closed the connection (any answer it sent before is read)."""
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_slow_clients_are_held_by_nginx_and_cut_off_while_normal_clients_are_served(proxied):
+    """gunicorn (1 worker, 4 threads) never sees the slow requests; nginx ends them."""
+    import time
+
+    import requests
+
+    proxy, _ = proxied
+    head = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\n"
+    body_head = (
+        b"POST /token HTTP/1.1\r\nHost: mlapi\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
+    )
+    started = time.monotonic()
+    trickling_heads = [slow_socket(proxy.port, head) for _ in range(20)]
+    trickling_bodies = [slow_socket(proxy.port, body_head + b"u") for _ in range(20)]
+    stalled_bodies = [slow_socket(proxy.port, body_head + b"u") for _ in range(20)]
+    closed_at = {}
+    latencies = []
+    try:
+        while time.monotonic() - started < 14:
+            for sock in trickling_heads + trickling_bodies:
+                if sock not in closed_at:
+                    try:
+                        sock.send(b"x")
+                    except OSError:
+                        closed_at[sock] = time.monotonic() - started
+            for sock in trickling_heads + stalled_bodies:
+                if sock not in closed_at and closed_by_server(sock):
+                    closed_at[sock] = time.monotonic() - started
+            before = time.monotonic()
+            response = requests.get(proxy.url("/health/live"), timeout=5)
+            latencies.append(time.monotonic() - before)
+            assert response.status_code == 200
+            time.sleep(0.5)
+    finally:
+        for sock in trickling_heads + trickling_bodies + stalled_bodies:
+            sock.close()
+    assert len(latencies) > 15 and max(latencies) < 1.0
+    # A head that never ends gets 10 s in total (client_header_timeout); a body that stops
+    # gets 10 s without a byte (client_body_timeout).
+    for sock in trickling_heads + stalled_bodies:
+        assert sock in closed_at
+        assert 9 <= closed_at[sock] <= 13
+    # A body that keeps trickling stays with nginx, costing no gunicorn thread.
+    assert not any(sock in closed_at for sock in trickling_bodies)
+
+
+@pytest.mark.slow
+def test_nginx_answers_its_own_errors_as_problems(proxied):
+    import requests
+
+    proxy, app = proxied
+    response = requests.post(proxy.url("/token"), data=b"x" * (1024 * 1024 + 1), timeout=10)
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["status"] == 413
+    assert requests.get(app.url("/metrics"), timeout=5).status_code == 200
+    response = requests.get(proxy.url("/metrics"), timeout=5)
+    assert response.status_code == 404
+    assert response.json()["detail"] == "Metrics are not served through the proxy."
+    app.stop()
+    response = requests.get(proxy.url("/health/live"), timeout=10)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "The service is not answering; try again shortly.",
+    }
+
+
+def request_from(address, port, path, headers=b""):
+    """A GET sent from local ``address`` (any of 127.0.0.0/8); the status code answered."""
+    import socket
+
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=5, source_address=(address, 0)
+    ) as sock:
+        sock.sendall(
+            b"GET %s HTTP/1.1\r\nHost: mlapi\r\nConnection: close\r\n%s\r\n" % (path, headers)
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0].split(b" ", 2)[1]
+
+
+@pytest.mark.slow
+def test_the_app_sees_the_client_address_that_nginx_forwards(proxied):
+    proxy, app = proxied
+    assert request_from("127.0.0.2", proxy.port, b"/users/me") == b"401"
+    # A client's own X-Forwarded-For is kept in front of the address nginx appends, and
+    # with one trusted hop the app reads only the latter: no spoofing.
+    spoofed = b"X-Forwarded-For: 203.0.113.9\r\n"
+    assert request_from("127.0.0.3", proxy.port, b"/users/me", spoofed) == b"401"
+    clients = [line.get("client") for line in app.log_lines() if line.get("path") == "/users/me"]
+    assert clients == ["127.0.0.2", "127.0.0.3"]
