@@ -1033,3 +1033,335 @@ def test_the_app_sees_the_client_address_that_nginx_forwards(proxied):
     assert request_from("127.0.0.3", proxy.port, b"/users/me", spoofed) == b"401"
     clients = [line.get("client") for line in app.log_lines() if line.get("path") == "/users/me"]
     assert clients == ["127.0.0.2", "127.0.0.3"]
+
+
+# --- Kubernetes: every manifest against the API schemas --------------------------------
+
+K8S_INGRESS = DEPLOY / "k8s-ingress-nginx"
+K8S_EXTRAS = DEPLOY / "k8s-extras"
+# The oldest Kubernetes the manifests support (native sidecars are on by default from 1.29)
+# and the newest whose schemas the pinned kubernetes-validate ships.
+K8S_VERSIONS = ["1.29.0", "latest"]
+# Custom resources: no schema in kubernetes-validate; checked field by field below.
+CUSTOM_KINDS = {"PodMonitor"}
+
+MANIFESTS = sorted(
+    path
+    for folder in (K8S, K8S_INGRESS, K8S_EXTRAS)
+    for path in folder.glob("*.yaml")
+    if path.name != "kustomization.yaml"
+)
+
+
+def validate_manifest(document, version):
+    """Strict validation (unknown fields are errors) against the Kubernetes API's schema."""
+    import kubernetes_validate
+
+    if version == "latest":
+        version = kubernetes_validate.latest_version()
+    try:
+        kubernetes_validate.validate(document, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{document['kind']} {document['metadata']['name']}: {error.message}")
+
+
+def test_kubernetes_validate_rejects_an_unknown_field():
+    service = load_yaml(K8S / "service.yaml")
+    service["spec"]["ports"][0]["targetPortt"] = 8080
+    with pytest.raises(pytest.fail.Exception, match="'targetPortt' was unexpected"):
+        validate_manifest(service, K8S_VERSIONS[0])
+
+
+def test_manifests_are_found():
+    names = {str(path.relative_to(DEPLOY)) for path in MANIFESTS}
+    assert {
+        "k8s/deployment.yaml",
+        "k8s-ingress-nginx/ingress.yaml",
+        "k8s-ingress-nginx/networkpolicy.yaml",
+        "k8s-extras/podmonitor.yaml",
+        "k8s-extras/first-admin-job.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(
+    "path",
+    [path for path in MANIFESTS if load_yaml(path)["kind"] not in CUSTOM_KINDS],
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
+def test_manifest_matches_the_kubernetes_schema(path, version):
+    validate_manifest(load_yaml(path), version)
+
+
+def kustomize(folder):
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl is not installed; each manifest is validated above without it")
+    return list(yaml.safe_load_all(run(kubectl, "kustomize", str(folder))))
+
+
+@pytest.mark.parametrize("folder", [K8S, K8S_INGRESS], ids=["k8s", "k8s-ingress-nginx"])
+def test_rendered_kustomizations_match_the_kubernetes_schema(folder):
+    for document in kustomize(folder):
+        for version in K8S_VERSIONS:
+            validate_manifest(document, version)
+
+
+def test_ingress_overlay_trusts_two_proxies_and_adds_ingress_and_policy():
+    rendered = kustomize(K8S_INGRESS)
+    kinds = sorted(document["kind"] for document in rendered)
+    assert kinds == sorted(
+        [*(document["kind"] for document in kustomize(K8S)), "Ingress", "NetworkPolicy"]
+    )
+    (config,) = [
+        d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlapi-config"
+    ]
+    assert config["data"]["MLAPI_TRUSTED_PROXIES"] == "2"
+
+
+# --- Kubernetes: the proxy sidecar ----------------------------------------------------
+
+
+def proxy_sidecar():
+    (sidecar,) = pod_spec()["initContainers"]
+    return sidecar
+
+
+def test_proxy_is_a_native_sidecar_that_the_service_alone_reaches():
+    sidecar = proxy_sidecar()
+    assert sidecar["restartPolicy"] == "Always"
+    assert [port["containerPort"] for port in sidecar["ports"]] == [PROXY_PORT]
+    service_ports = [port["targetPort"] for port in k8s("Service")["spec"]["ports"]]
+    assert service_ports == [PROXY_PORT]
+    app_ports = {port["containerPort"] for port in container()["ports"]}
+    assert not app_ports & set(service_ports)
+    assert f"listen {PROXY_PORT};" in NGINX_CONF.read_text()
+
+
+def test_proxy_reaches_the_app_by_the_name_nginx_conf_uses():
+    assert "server mlapi-app:8000;" in NGINX_CONF.read_text()
+    assert {"ip": "127.0.0.1", "hostnames": ["mlapi-app"]} in pod_spec()["hostAliases"]
+    assert container()["ports"][0]["containerPort"] == 8000
+    aliases = compose_services()["mlapi"]["networks"]["default"]["aliases"]
+    assert aliases == ["mlapi-app"]
+
+
+def test_proxy_runs_the_shipped_nginx_conf_read_only():
+    sidecar = proxy_sidecar()
+    mounts = {mount["name"]: mount for mount in sidecar["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod_spec()["volumes"]}
+    (config,) = [name for name in mounts if "configMap" in volumes[name]]
+    generated = volumes[config]["configMap"]["name"]
+    (generator,) = [g for g in kustomization()["configMapGenerator"] if g["name"] == generated]
+    assert generator["files"] == [NGINX_CONF.name]
+    assert sidecar["command"] == ["nginx", "-c", f"{mounts[config]['mountPath']}/nginx.conf"]
+    assert "emptyDir" in volumes[mounts["proxy-tmp"]["name"]]
+    assert mounts["proxy-tmp"]["mountPath"] == "/tmp"
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    compose = compose_services()["proxy"]
+    assert compose["command"] == sidecar["command"]
+    assert compose["volumes"] == [
+        f"./deploy/k8s/nginx.conf:{mounts[config]['mountPath']}/nginx.conf:ro"
+    ]
+    assert compose["read_only"] is True and compose["tmpfs"] == ["/tmp"]
+    assert compose["ports"] == [f"{PROXY_PORT}:{PROXY_PORT}"]
+    assert "ports" not in compose_services()["mlapi"]
+
+
+def test_every_pod_container_has_resources_and_probes():
+    for each in [*pod_spec()["initContainers"], *pod_spec()["containers"]]:
+        assert {"cpu", "memory"} <= set(each["resources"]["requests"]), each["name"]
+        assert {"cpu", "memory"} <= set(each["resources"]["limits"]), each["name"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert probe in each, (each["name"], probe)
+
+
+def test_replicas_spread_over_nodes_and_zones():
+    constraints = pod_spec()["topologySpreadConstraints"]
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert {c["topologyKey"] for c in constraints} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    for constraint in constraints:
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def every_image():
+    """(where, image) for every container image the deployment files name."""
+    images = [(f"compose {name}", s["image"]) for name, s in compose_services().items()]
+    for path in MANIFESTS:
+        document = load_yaml(path)
+        spec = document.get("spec", {}).get("template", {}).get("spec", {})
+        for each in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+            images.append((f"{path.name} {each['name']}", each["image"]))
+    return images
+
+
+def test_images_are_pinned_to_a_release():
+    images = dict(every_image())
+    assert len(images) >= 9
+    for where, image in images.items():
+        name, _, tag = image.rpartition(":")
+        if where.startswith("deployment.yaml mlapi"):  # kustomization.yaml sets its tag
+            (pinned,) = kustomization()["images"]
+            assert image == pinned["name"]
+            name, tag = pinned["newName"], pinned["newTag"]
+        assert name and tag and tag != "latest" and "latest" not in image, where
+        assert re.fullmatch(r"v?\d+(\.\d+){1,2}(-[a-z]+)?", tag), (where, tag)
+    tag = kustomization()["images"][0]["newTag"]
+    assert compose_services()["mlapi"]["image"] == f"mlapi:{tag}"
+    assert images["first-admin-job.yaml create-admin"] == f"mlapi:{tag}"
+
+
+def test_network_policy_admits_the_ingress_to_the_proxy_and_prometheus_to_the_app():
+    policy = load_yaml(K8S_INGRESS / "networkpolicy.yaml")
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = [[port["port"] for port in rule["ports"]] for rule in policy["spec"]["ingress"]]
+    assert ports == [[PROXY_PORT], [container()["ports"][0]["containerPort"]]]
+
+
+def test_ingress_limits_match_the_proxy():
+    ingress = load_yaml(K8S_INGRESS / "ingress.yaml")
+    annotations = {
+        key.removeprefix("nginx.ingress.kubernetes.io/"): value
+        for key, value in ingress["metadata"]["annotations"].items()
+    }
+    found = nginx_directives()
+    assert annotations["proxy-body-size"] == found["client_max_body_size"][0]
+    assert annotations["proxy-request-buffering"] == "on"
+    assert f"{annotations['proxy-read-timeout']}s" == found["proxy_read_timeout"][0]
+    assert annotations["proxy-next-upstream"] == "error"
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    assert backend["name"] == k8s("Service")["metadata"]["name"]
+    assert backend["port"]["name"] == k8s("Service")["spec"]["ports"][0]["name"]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_pod_monitor_scrapes_the_app_port_as_job_mlapi():
+    monitor = load_yaml(K8S_EXTRAS / "podmonitor.yaml")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(monitor["spec"]) == {"jobLabel", "selector", "podMetricsEndpoints"}
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert labels[monitor["spec"]["jobLabel"]] == "mlapi"  # the job the rules select
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == container()["ports"][0]["name"]
+    assert endpoint["path"] == "/metrics"
+    assert int(endpoint["scrapeTimeout"][:-1]) < int(endpoint["interval"][:-1])
+
+
+# --- Kubernetes: the first administrator ----------------------------------------------
+
+
+def first_admin_job():
+    return load_yaml(K8S_EXTRAS / "first-admin-job.yaml")
+
+
+def test_first_admin_job_has_the_app_settings_and_secret_files():
+    job = first_admin_job()
+    (job_container,) = job["spec"]["template"]["spec"]["containers"]
+    assert job_container["envFrom"] == container()["envFrom"]
+    files = [item for item in job_container["env"] if item["name"].endswith("_FILE")]
+    assert files == container()["env"]
+    job_volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    app_volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    assert job_volumes["secrets"] == app_volumes["secrets"]
+    assert job["spec"]["template"]["spec"]["securityContext"] == pod_spec()["securityContext"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+@pytest.mark.slow
+def test_first_admin_job_command_creates_an_admin_once(servers):
+    """The Job's command, with the example Secret's values, run against a real database."""
+    job = first_admin_job()
+    (job_container,) = job["spec"]["template"]["spec"]["containers"]
+    secret = load_yaml(K8S_EXTRAS / "first-admin.secret.example.yaml")
+    assert secret["metadata"]["name"] == "mlapi-first-admin"
+    values = {**secret["stringData"], "password": "a-first-admin-password"}
+    env = {}
+    for item in job_container["env"]:
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == secret["metadata"]["name"]
+            env[item["name"]] = values[ref["key"]]
+    assert "FLASK_USERS_CREATE_PASSWORD" in env
+    command = [
+        re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in job_container["command"]
+    ]
+    assert command[:3] == ["flask", "--app", "wsgi"]
+    server = servers(env=env, create=False)
+    created = server.flask(*command[3:])
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == "Created admin 'admin'."
+    again = server.flask(*command[3:])
+    assert again.returncode == 1 and "already exists" in again.stderr
+    server.start()
+    assert server.token("admin", "a-first-admin-password")["Authorization"].startswith("Bearer ")
+
+
+# --- Prometheus recording rules --------------------------------------------------------
+
+RECORDING_RULES = PROMETHEUS / "rules.yml"
+
+
+def recording_rules():
+    return [rule for group in load_yaml(RECORDING_RULES)["groups"] for rule in group["rules"]]
+
+
+def test_prometheus_loads_the_recording_rules():
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    assert RECORDING_RULES.name in config["rule_files"]
+
+
+def test_promtool_accepts_the_recording_rules():
+    out = run(promtool(), "check", "rules", RECORDING_RULES.name, cwd=PROMETHEUS)
+    assert f"SUCCESS: {len(recording_rules())} rules found" in out
+
+
+def test_recording_rules_pass_their_unit_tests():
+    out = run(promtool(), "test", "rules", "rules_test.yml", cwd=PROMETHEUS)
+    assert "SUCCESS" in out
+
+
+def test_recording_rules_are_named_level_metric_operations():
+    """level is the labels the rule keeps, in order; every rule keeps job."""
+    for rule in recording_rules():
+        level, metric, operations = rule["record"].split(":")
+        assert re.fullmatch(r"[a-z0-9_]+", metric) and operations, rule["record"]
+        groupings = re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"])
+        assert groupings, rule["record"]
+        for grouping in groupings:
+            labels = re.split(r",\s*", grouping.strip())
+            if not metric.endswith("_bucket"):  # quantiles aggregate the buckets away
+                labels = [label for label in labels if label != "le"]
+            assert labels[0] == "job" and "_".join(labels) == level, rule["record"]
+
+
+def test_recording_rules_read_only_exported_metrics():
+    for rule in recording_rules():
+        names = metric_names(rule["expr"])
+        assert names and all(is_exported(name) for name in names), rule["record"]
+
+
+def test_every_metric_on_the_dashboard_has_a_recording_rule():
+    def base(name):
+        stem, _, suffix = name.rpartition("_")
+        return stem if suffix in {"bucket", "sum", "count"} and stem in METRICS else name
+
+    recorded = {base(name) for rule in recording_rules() for name in metric_names(rule["expr"])}
+    shown = {base(name) for expr in dashboard_exprs() for name in metric_names(expr)}
+    assert shown - SCRAPE_SERIES <= recorded
+
+
+def test_every_recording_rule_has_a_unit_test():
+    tested = set()
+    for test in load_yaml(PROMETHEUS / "rules_test.yml")["tests"]:
+        for case in test["promql_expr_test"]:
+            tested |= set(re.findall(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", case["expr"]))
+    assert {rule["record"] for rule in recording_rules()} == tested
