@@ -1154,7 +1154,8 @@ def test_proxy_runs_the_shipped_nginx_conf_read_only():
     generated = volumes[config]["configMap"]["name"]
     (generator,) = [g for g in kustomization()["configMapGenerator"] if g["name"] == generated]
     assert generator["files"] == [NGINX_CONF.name]
-    assert sidecar["command"] == ["nginx", "-c", f"{mounts[config]['mountPath']}/nginx.conf"]
+    config_path = f"{mounts[config]['mountPath']}/nginx.conf"
+    assert sidecar["command"] == ["nginx", "-e", "stderr", "-c", config_path]
     assert "emptyDir" in volumes[mounts["proxy-tmp"]["name"]]
     assert mounts["proxy-tmp"]["mountPath"] == "/tmp"
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
