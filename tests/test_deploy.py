@@ -1031,8 +1031,14 @@ def test_the_app_sees_the_client_address_that_nginx_forwards(proxied):
     # with one trusted hop the app reads only the latter: no spoofing.
     spoofed = b"X-Forwarded-For: 203.0.113.9\r\n"
     assert request_from("127.0.0.3", proxy.port, b"/users/me", spoofed) == b"401"
-    clients = [line.get("client") for line in app.log_lines() if line.get("path") == "/users/me"]
-    assert clients == ["127.0.0.2", "127.0.0.3"]
+    from tests.servers import wait_until
+
+    def clients():
+        return [line.get("client") for line in app.log_lines() if line.get("path") == "/users/me"]
+
+    # gunicorn writes its access line after the response has gone out.
+    wait_until(lambda: len(clients()) == 2, timeout=10, what="two access log lines")
+    assert clients() == ["127.0.0.2", "127.0.0.3"]
 
 
 # --- Kubernetes: every manifest against the API schemas --------------------------------
