@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 
 from config import Config
 from mlapi.secrets import MIN_SECRET_BYTES, ConfigurationError, load_secret
+from tests.servers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -866,16 +867,12 @@ class Nginx:
 
     def __init__(self, directory, upstream):
         directory.mkdir(parents=True, exist_ok=True)
-        from tests.servers import free_port
-
         self.port = free_port()
         self.path = nginx_config_for_test(directory, upstream, self.port)
         self.log_path = directory / "nginx.log"
         self.process = None
 
     def start(self):
-        from tests.servers import wait_until
-
         self.log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
             nginx_command(self.path), stdout=self.log, stderr=subprocess.STDOUT
@@ -1031,7 +1028,6 @@ def test_the_app_sees_the_client_address_that_nginx_forwards(proxied):
     # with one trusted hop the app reads only the latter: no spoofing.
     spoofed = b"X-Forwarded-For: 203.0.113.9\r\n"
     assert request_from("127.0.0.3", proxy.port, b"/users/me", spoofed) == b"401"
-    from tests.servers import wait_until
 
     def clients():
         return [line.get("client") for line in app.log_lines() if line.get("path") == "/users/me"]
