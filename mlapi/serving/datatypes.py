@@ -53,10 +53,9 @@ class TensorSpec:
 
 def datatype_of(array):
     """The protocol datatype of a numpy array; ValueError for one it has no name for."""
-    kind = array.dtype.kind
-    if kind in "OSU":
+    if array.dtype.kind in "OSU":
         return "BYTES"
     for name, dtype in NUMPY_DTYPES.items():
-        if kind != "O" and array.dtype.newbyteorder("<") == dtype:
+        if array.dtype.newbyteorder("<") == dtype:
             return name
     raise ValueError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")

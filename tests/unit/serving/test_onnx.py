@@ -10,9 +10,11 @@ import numpy as np
 import onnx
 import psutil
 import pytest
+import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 
 import mlapi.serving
+from mlapi.serving import binary
 from mlapi.serving.datatypes import TensorSpec
 from mlapi.serving.onnx import PLATFORM, check_external_data, load_onnx
 from mlapi.serving.runtime_errors import InferenceError, ModelFileError, TensorError
@@ -262,3 +264,34 @@ def test_the_serving_package_imports_nothing_of_the_web_layer():
         if name.split(".")[0] in ("flask", "werkzeug", "flask_jwt_extended")
         or (name.startswith("mlapi") and not name.startswith("mlapi.serving"))
     }
+
+
+def test_a_tritonclient_binary_request_runs_end_to_end(pipeline, training_data, tmp_path):
+    """tritonclient's body -> decode -> ONNX pipeline -> encode -> tritonclient's parser."""
+    estimator, graph = pipeline
+    x, _ = training_data
+    model = load_onnx(save(graph, tmp_path))
+    rows = x[:5]
+    tensor = httpclient.InferInput("X", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows, binary_data=True)
+    body, header_length = httpclient.InferenceServerClient.generate_request_body(
+        [tensor], request_id="r-1"
+    )
+
+    request = binary.decode_request(body, str(header_length))
+    outputs = model.predict(request.inputs)
+    selected = binary.select_outputs(request, [spec.name for spec in model.outputs])
+    response, response_length = binary.encode_response(
+        {"model_name": "m", "model_version": "1", "id": request.id},
+        {name: outputs[name] for name, _ in selected},
+        {name for name, as_binary in selected if as_binary},
+    )
+
+    result = httpclient.InferenceServerClient.parse_response_body(
+        response, header_length=response_length
+    )
+    assert result.get_response()["id"] == "r-1"
+    np.testing.assert_array_equal(result.as_numpy("label"), estimator.predict(rows))
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities"), estimator.predict_proba(rows), atol=1e-5
+    )
