@@ -224,13 +224,18 @@ def test_a_missing_file_is_a_model_file_error(tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_sessions_compute_on_the_configured_number_of_threads(forest, tmp_path, threads):
+    path = save(forest[1], tmp_path)
+    load_onnx(path)  # onnxruntime's first session in a process starts a thread of its own
     process = psutil.Process()
     before = process.num_threads()
 
-    model = load_onnx(save(forest[1], tmp_path), intra_op_threads=threads)
+    model = load_onnx(path, intra_op_threads=threads)
 
     options = model.session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
+    # Prepacked weights would be a private copy per worker instead of shared mapped pages.
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     # The calling thread is one of the intra-op threads: N threads start N - 1 more.
     assert process.num_threads() - before == threads - 1
 
