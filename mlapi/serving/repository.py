@@ -197,6 +197,9 @@ def scan(root, reserved_names=()):
         except ModelFileError as exc:
             errors[entry.name] = f"{entry.path}: {exc}"
             continue
+        except OSError as exc:  # unreadable folder, or removed while we read it
+            errors[entry.name] = f"{entry.path}: cannot be read: {exc.strerror or exc}"
+            continue
         models[plan.name] = plan
     return RepositoryScan(models, errors, tuple(flat), digest)
 
