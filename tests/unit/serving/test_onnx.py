@@ -199,6 +199,11 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, where):
 
     with pytest.raises(ModelFileError, match=r"keeps its data in .*outside the model's folder"):
         load_onnx(path)
+    # onnxruntime 1.31 refuses these paths too: a second line of defence, not the only one.
+    import onnxruntime
+
+    with pytest.raises(Exception, match="External data path validation failed"):
+        onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize(
