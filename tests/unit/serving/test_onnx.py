@@ -305,3 +305,21 @@ def test_a_tritonclient_binary_request_runs_end_to_end(pipeline, training_data, 
     np.testing.assert_allclose(
         result.as_numpy("probabilities"), estimator.predict_proba(rows), atol=1e-5
     )
+
+
+def test_an_xgboost_booster_converted_by_onnxmltools(training_data, tmp_path):
+    import onnxmltools
+    import xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    x, y = training_data
+    estimator = xgboost.XGBClassifier(n_estimators=20, max_depth=4, n_jobs=1).fit(x, y)
+    graph = onnxmltools.convert_xgboost(
+        estimator, initial_types=[("features", FloatTensorType([None, 8]))], target_opset=15
+    )
+
+    model = load_onnx(save(graph, tmp_path))
+
+    outputs = model.predict({"features": x})
+    np.testing.assert_array_equal(outputs["label"], estimator.predict(x))
+    np.testing.assert_allclose(outputs["probabilities"], estimator.predict_proba(x), atol=1e-5)
