@@ -57,7 +57,8 @@ class OnnxModel:
             values = self.session.run(None, feeds)
         except Exception as exc:  # onnxruntime's errors share no base class but Exception
             raise InferenceError(
-                f"The model cannot compute these inputs: {_first_line(exc)}"
+                "The model cannot compute these inputs: the runtime refused them.",
+                detail=str(exc),
             ) from None
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 

@@ -18,4 +18,12 @@ class ModelConfigError(ModelFileError):
 
 
 class InferenceError(Exception):
-    """The runtime refused to compute a prediction for inputs that passed validation."""
+    """The runtime refused to compute a prediction for inputs that passed validation.
+
+    The message is for the client; ``detail`` holds the runtime's own words (source
+    file names and line numbers included), for the log only.
+    """
+
+    def __init__(self, message, detail=None):
+        super().__init__(message)
+        self.detail = detail
