@@ -33,6 +33,7 @@ from mlapi.serving.datatypes import NUMPY_DTYPES
 from mlapi.serving.runtime_errors import ModelConfigError, ModelFileError
 
 CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 1 << 20
 # Model names and versions appear in URLs (/v2/models/<name>/versions/<version>).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
@@ -294,11 +295,16 @@ def _plan_version(folder, platform):
 
 def read_config(path):
     """The model's settings from ``path``, or the defaults if there is no such file."""
+    if not os.path.lexists(path):
+        return ModelConfig()
+    if not os.path.isfile(path):  # a FIFO would block the scan; a folder is a mistake
+        raise ModelConfigError(f"{CONFIG_FILE} is not a regular file")
     try:
         with open(path, "rb") as handle:
-            raw = json.loads(handle.read(), parse_constant=_refuse_constant)
-    except FileNotFoundError:
-        return ModelConfig()
+            text = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
+        raw = json.loads(text, parse_constant=_refuse_constant)
     except (OSError, ValueError, RecursionError) as exc:
         raise ModelConfigError(f"{CONFIG_FILE} is not readable JSON: {exc}") from None
     try:
@@ -327,8 +333,24 @@ def fingerprint(root):
     cheap enough to poll; an edited, added, removed or replaced file changes it.
     """
     digest = hashlib.blake2b(digest_size=16)
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    top = os.stat(root)
+    seen = {(top.st_dev, top.st_ino)}
+    # Links are followed (a version folder may be a link swapped to a new target), each
+    # folder once, so a link to an ancestor cannot loop.
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            try:
+                stat = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if name.startswith(".") or (stat.st_dev, stat.st_ino) in seen:
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            kept.append(name)
+            relative = os.path.relpath(os.path.join(folder, name), root)
+            digest.update(f"{relative}/\0{stat.st_dev}\0{stat.st_ino}\n".encode())
+        dirs[:] = kept
         for name in sorted(files):
             if name.startswith("."):
                 continue

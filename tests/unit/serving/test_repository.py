@@ -145,6 +145,17 @@ def test_an_unreadable_config_is_reported(tmp_path, text, message):
     assert message in scan(tmp_path).errors["m"]
 
 
+def test_a_config_that_is_no_regular_file_or_too_large_is_reported(tmp_path):
+    build(tmp_path, {"fifo/1/model.json": LINEAR, "big/1/model.json": LINEAR})
+    os.mkfifo(tmp_path / "fifo/config.json")  # opening it would block the scan
+    (tmp_path / "big/config.json").write_text(" " * (1 << 20) + "{}")
+
+    errors = scan(tmp_path).errors
+
+    assert "config.json is not a regular file" in errors["fifo"]
+    assert "larger than 1048576 bytes" in errors["big"]
+
+
 @pytest.mark.parametrize(
     ("files", "key", "message"),
     [
@@ -276,3 +287,20 @@ def test_changes_between_scans(tmp_path):
 
     (tmp_path / "b/1/model.onnx").unlink()
     assert changes(second, scan(tmp_path)).unload == (("b", "1"),)
+
+
+def test_linked_version_folders_are_followed_without_looping(tmp_path):
+    root = tmp_path / "models"
+    build(tmp_path, {"store/a/model.onnx": "g", "store/b/model.onnx": "g", "models/m": None})
+    os.symlink(tmp_path / "store/a", root / "m/1")
+    os.symlink(root, tmp_path / "store/a/loop")  # a link to an ancestor
+    first = fingerprint(root)
+
+    assert scan(root).models["m"].versions[0].path == str(root / "m/1/model.onnx")
+    os.unlink(root / "m/1")
+    os.symlink(tmp_path / "store/b", root / "m/1")
+    assert fingerprint(root) != first
+    (tmp_path / "store/b/model.onnx").write_text("changed")
+    second = fingerprint(root)
+    assert second != first
+    assert fingerprint(root) == second
