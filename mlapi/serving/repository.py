@@ -331,6 +331,7 @@ def fingerprint(root):
 
     It reads only directory entries and stat results, never file contents, so it is
     cheap enough to poll; an edited, added, removed or replaced file changes it.
+    OSError if ``root`` itself cannot be read.
     """
     digest = hashlib.blake2b(digest_size=16)
     top = os.stat(root)
