@@ -10,11 +10,19 @@ the settings of the libraries (``SQLALCHEMY_*``, ``JWT_*``, ``RATELIMIT_*``,
 ``CACHE_*``) from them; a library key set explicitly wins over the derived one.
 """
 
+import datetime
+import difflib
+import json
 import os
+import re
 import secrets
+import sys
+import time
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
 from limits import parse_many
+from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
 
 MIN_SECRET_BYTES = 32
 LIMIT_KEYS = (
@@ -24,61 +32,119 @@ LIMIT_KEYS = (
     "CUSTOM_RATE_LIMIT",
     "LOGIN_RATE_LIMIT",
 )
+# Settings that may instead be read from a file named by MLAPI_<KEY>_FILE (Docker and
+# Kubernetes mount secrets as files).
+FILE_KEYS = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL")
+# MLAPI_* names read outside this class: the scripts, the tests, the metrics.
+OTHER_NAMES = (
+    "MLAPI_INSTANCE_PATH",
+    "MLAPI_VENV",
+    "MLAPI_BUILD_COMMIT",
+    "MLAPI_TEST_REDIS_URL",
+    "MLAPI_TEST_POSTGRES_URL",
+)
+HASH_METHOD = re.compile(r"^(scrypt(:\d+:\d+:\d+)?|pbkdf2(:sha\d+(:\d+)?)?)$")
+
+
+def _rate_limit(value):
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError("not a rate limit like '10/minute'") from None
+    return value
+
+
+def _sqlalchemy_url(value):
+    if value is not None:
+        try:
+            sa.engine.make_url(value)
+        except sa.exc.ArgumentError:
+            raise ValueError(
+                "not a database URL like 'postgresql+psycopg://user:pw@host/db'"
+            ) from None
+    return value
+
+
+def _redis_url(value):
+    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("not a Redis URL like 'redis://host:6379/0'")
+    return value
+
+
+def _hash_method(value):
+    if not HASH_METHOD.match(value):
+        raise ValueError("not a werkzeug hash method like 'scrypt:32768:8:1' or 'pbkdf2:sha256'")
+    return value
+
+
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+RateLimit = Annotated[str, AfterValidator(_rate_limit)]
 
 
 class Config:
-    # Mode: "development" or "production". Production refuses unsafe settings.
-    ENV = "development"
+    # Every setting is typed and range-checked at start (see validate_settings); a bad
+    # value stops the service with one log line naming it.
+
+    # Mode. Production refuses unsafe settings and unknown MLAPI_* names.
+    ENV: Literal["development", "production", "testing"] = "development"
 
     # Secrets. In production MLAPI_SECRET_KEY (>= 32 bytes) is required; outside
     # production a random key is generated once into the instance folder.
-    SECRET_KEY = None
+    SECRET_KEY: str | None = None
 
     # Storage. SQLite under the instance folder unless a SQLAlchemy URL is given.
-    DATABASE_URL = None
+    DATABASE_URL: Annotated[str | None, AfterValidator(_sqlalchemy_url)] = None
+    # At start, wait this long for the database to accept connections.
+    DB_WAIT_SECONDS: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # Redis for shared limits, cache and token revocation. Unset: in-process stores.
-    REDIS_URL = None
-    REDIS_SOCKET_TIMEOUT = 0.25
+    REDIS_URL: Annotated[str | None, AfterValidator(_redis_url)] = None
+    REDIS_SOCKET_TIMEOUT: Annotated[float, Field(gt=0, le=60)] = 0.25
     # After a Redis failure, skip it (using fallbacks) for this many seconds.
-    REDIS_RETRY_SECONDS = 2.0
-    REDIS_KEY_PREFIX = "mlapi:"
+    REDIS_RETRY_SECONDS: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    REDIS_KEY_PREFIX: str = "mlapi:"
 
     # Tokens and passwords.
-    ACCESS_TOKEN_MINUTES = 30
-    REFRESH_TOKEN_DAYS = 7
+    ACCESS_TOKEN_MINUTES: Annotated[int, Field(ge=1, le=1440)] = 30
+    REFRESH_TOKEN_DAYS: Annotated[int, Field(ge=1, le=365)] = 7
     # werkzeug hash method; stored hashes made with other parameters are upgraded at login.
-    PASSWORD_HASH_METHOD = "scrypt:32768:8:1"
+    PASSWORD_HASH_METHOD: Annotated[str, AfterValidator(_hash_method)] = "scrypt:32768:8:1"
 
     # Request limits.
-    MAX_CONTENT_LENGTH = 1024 * 1024
-    MAX_FEATURES = 10_000
-    MAX_BATCH = 1_000
+    MAX_CONTENT_LENGTH: Positive = 1024 * 1024
+    MAX_FEATURES: Positive = 10_000
+    MAX_BATCH: Positive = 1_000
     # A batch costs the per-user prediction limit one request, or its number of rows if true.
-    BATCH_COUNTS_ROWS = False
+    BATCH_COUNTS_ROWS: bool = False
 
     # Rate limits (flask-limiter notation, e.g. "10/minute", "100 per hour").
-    PREDICT_RATE_LIMIT = "600/minute"
-    PUBLIC_RATE_LIMIT = "5/minute"
-    PREDICT_LIMITED_RATE_LIMIT = "10/minute"
-    CUSTOM_RATE_LIMIT = "100/minute"
-    LOGIN_RATE_LIMIT = "10/minute"
-    RATE_LIMIT_STRATEGY = "moving-window"
+    PREDICT_RATE_LIMIT: RateLimit = "600/minute"
+    PUBLIC_RATE_LIMIT: RateLimit = "5/minute"
+    PREDICT_LIMITED_RATE_LIMIT: RateLimit = "10/minute"
+    CUSTOM_RATE_LIMIT: RateLimit = "100/minute"
+    LOGIN_RATE_LIMIT: RateLimit = "10/minute"
+    RATE_LIMIT_STRATEGY: Literal["fixed-window", "moving-window", "sliding-window-counter"] = (
+        "moving-window"
+    )
     # Number of reverse proxies in front of the service whose X-Forwarded-For is trusted.
-    TRUSTED_PROXIES = 0
+    TRUSTED_PROXIES: Annotated[int, Field(ge=0, le=10)] = 0
 
     # Prediction cache.
-    CACHE_TIMEOUT = 300
+    CACHE_TIMEOUT: NonNegative = 300
 
     # Models: a folder of model files (.json, .npz) loaded at start (optional); see docs/models.md.
-    MODEL_DIR = None
+    MODEL_DIR: str | None = None
 
     # Observability.
-    LOG_LEVEL = "INFO"
-    METRICS_PER_USER = False
-    ACTIVE_USER_WINDOW_SECONDS = 300
+    LOG_LEVEL: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(str.upper)
+    ] = "INFO"
+    METRICS_PER_USER: bool = False
+    ACTIVE_USER_WINDOW_SECONDS: Positive = 300
 
     # Readiness: seconds each dependency check may take.
-    READY_CHECK_TIMEOUT = 0.5
+    READY_CHECK_TIMEOUT: Annotated[float, Field(gt=0, le=30)] = 0.5
 
 
 class TestingConfig(Config):
@@ -90,8 +156,217 @@ class TestingConfig(Config):
     PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
 
 
-class ConfigurationError(RuntimeError):
-    """The configuration is unsafe or incomplete; the service refuses to start."""
+class ConfigurationError(ValueError):
+    """The configuration is unsafe or incomplete; the service refuses to start.
+
+    ``setting`` names the environment variable at fault and ``fix`` says what to do.
+    """
+
+    setting = None
+    fix = "See the Configuration section of the README"
+
+    def __init__(self, problem, setting=None, fix=None):
+        super().__init__(problem)
+        self.problem = problem
+        self.setting = setting or self.setting
+        self.fix = fix or self.fix
+
+
+def refused(setting, problem, fix):
+    return ConfigurationError(problem, setting=setting, fix=fix)
+
+
+# --- reading and checking the environment --------------------------------------------
+
+
+def _annotations():
+    hints = {}
+    for klass in reversed(Config.__mro__):
+        hints.update(getattr(klass, "__annotations__", {}))
+    return {key: TypeAdapter(hint) for key, hint in hints.items() if key.isupper()}
+
+
+ADAPTERS = _annotations()
+KEYS = tuple(key for key in dir(Config) if key.isupper())
+KNOWN_NAMES = frozenset(
+    [f"MLAPI_{key}" for key in KEYS]
+    + [f"MLAPI_{key}_FILE" for key in FILE_KEYS]
+    + list(OTHER_NAMES)
+)
+
+
+def _first_error(exc):
+    return exc.errors()[0]["msg"]
+
+
+def check_value(key, value, from_string=False, shown=True):
+    """``value`` typed and range-checked for setting ``key``, or ConfigurationError."""
+    adapter = ADAPTERS.get(key)
+    if adapter is None:
+        return value
+    try:
+        if from_string:
+            return adapter.validate_strings(value)
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        name = f"MLAPI_{key}"
+        given = f"={value!r}" if shown else ""
+        raise refused(
+            f"{name}",
+            f"{name}{given} is invalid: {_first_error(exc)}",
+            f"Set {name} to a valid value or unset it to use the default {getattr(Config, key)!r}",
+        ) from None
+
+
+def read_setting_file(key, environ):
+    """The value of MLAPI_<key> read from the file MLAPI_<key>_FILE names."""
+    name, file_name = f"MLAPI_{key}", f"MLAPI_{key}_FILE"
+    path = environ[file_name]
+    if environ.get(name):
+        raise refused(
+            file_name,
+            f"both {name} and {file_name} are set",
+            f"Set only one of them ({file_name} for a mounted secret file)",
+        )
+    try:
+        with open(path) as handle:
+            value = handle.read().strip()
+    except OSError as exc:
+        raise refused(
+            file_name,
+            f"cannot read {path}: {exc.strerror}",
+            f"Point {file_name} at a readable file, or make it readable by user {os.getuid()}",
+        ) from None
+    if not value:
+        raise refused(file_name, f"{path} is empty", f"Write the value into {path}")
+    return value
+
+
+def unknown_names(environ):
+    """(name, suggestion or None) for each MLAPI_* name no part of mlapi reads."""
+    known = sorted(KNOWN_NAMES)
+    for name in sorted(environ):
+        if name.startswith("MLAPI_") and name not in KNOWN_NAMES:
+            close = difflib.get_close_matches(name, known, n=1)
+            yield name, (close[0] if close else None)
+
+
+def settings_from_environ(environ=None):
+    """Settings given as ``MLAPI_*`` variables (or their ``_FILE`` variants), typed and
+    checked, and the warnings to log; ConfigurationError names the first bad one."""
+    environ = os.environ if environ is None else environ
+    settings, warnings = {}, []
+    for key in KEYS:
+        name = f"MLAPI_{key}"
+        if key in FILE_KEYS and environ.get(f"{name}_FILE"):
+            secret = key == "SECRET_KEY"
+            settings[key] = check_value(key, read_setting_file(key, environ), True, not secret)
+        elif name in environ:
+            settings[key] = check_value(key, environ[name], True, key != "SECRET_KEY")
+    production = settings.get("ENV", Config.ENV) == "production"
+    if production:
+        check_production_secret(settings.get("SECRET_KEY"))
+    for name, suggestion in unknown_names(environ):
+        hint = f"did you mean {suggestion}?" if suggestion else "see the README's Configuration"
+        if production:
+            raise refused(
+                name,
+                f"{name} is not a setting of mlapi ({hint})",
+                "Remove it or correct its name; production refuses names it does not know",
+            )
+        warnings.append(f"{name} is not a setting of mlapi and is ignored ({hint})")
+    return settings, warnings
+
+
+# --- reporting a failed start --------------------------------------------------------
+
+
+def log_line(level, message, **fields):
+    """One JSON log line on stderr, in the shape of the app's logs (usable before logging
+    is configured, e.g. in the gunicorn master)."""
+    record = {
+        "time": datetime.datetime.now().astimezone().strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "level": level,
+        "logger": "mlapi.config",
+        "message": message,
+        **fields,
+    }
+    print(json.dumps(record), file=sys.stderr, flush=True)
+
+
+# gunicorn's code for "the application failed to load": the master stops, with no restart loop.
+EXIT_CONFIGURATION = 4
+
+
+def exit_on_error(error):
+    """Log ``error`` as one JSON line naming the setting and the fix, then exit non-zero."""
+    log_line(
+        "CRITICAL",
+        f"mlapi cannot start: {error.problem}",
+        setting=error.setting,
+        fix=error.fix,
+    )
+    raise SystemExit(EXIT_CONFIGURATION)
+
+
+def start(factory):
+    """``factory()``, or one JSON line and a non-zero exit when the settings are unusable."""
+    try:
+        return factory()
+    except ConfigurationError as error:
+        exit_on_error(error)
+
+
+def checked_settings():
+    """The environment's settings over the defaults, or one JSON line and exit (gunicorn)."""
+    try:
+        settings, _warnings = settings_from_environ()
+    except ConfigurationError as error:
+        exit_on_error(error)
+    return {key: settings.get(key, getattr(Config, key)) for key in KEYS}
+
+
+# --- waiting for the database --------------------------------------------------------
+
+
+def wait_for_database(url, seconds, connect_args=None):
+    """Wait up to ``seconds`` for the database at ``url`` to accept a connection, logging
+    each failed attempt; then ConfigurationError. SQLite needs no wait."""
+    if not url or sa.engine.make_url(url).get_backend_name() == "sqlite":
+        return
+    url = url.replace("postgres://", "postgresql://", 1)
+    shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+    options = engine_options(url)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, **options)
+    deadline = time.monotonic() + seconds
+    attempt = 0
+    try:
+        while True:
+            attempt += 1
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+                return
+            except sa.exc.OperationalError as exc:
+                reason = str(exc.orig or exc).strip().splitlines()[0]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise refused(
+                        "MLAPI_DATABASE_URL",
+                        f"the database at {shown} did not accept connections within "
+                        f"{seconds:g} s ({attempt} attempts): {reason}",
+                        "Start the database or correct MLAPI_DATABASE_URL; "
+                        "MLAPI_DB_WAIT_SECONDS sets how long to wait at start",
+                    ) from None
+                log_line(
+                    "WARNING",
+                    f"waiting for the database at {shown}: {reason}",
+                    attempt=attempt,
+                    seconds_left=round(left, 1),
+                )
+                time.sleep(min(1.0, left))
+    finally:
+        engine.dispose()
 
 
 def instance_path():
@@ -100,22 +375,45 @@ def instance_path():
 
 
 def configure(app, overrides=None):
-    """Defaults, then ``MLAPI_*`` environment variables, then ``overrides`` (a dict or an
-    object with upper-case attributes); then checks, the secret and the library keys."""
+    """Defaults, then ``MLAPI_*`` environment variables (or their ``_FILE`` variants), then
+    ``overrides`` (a dict or an object with upper-case attributes); every setting checked;
+    then the instance folder, the secret and the library keys."""
     config = app.config
     config.from_object(Config)
-    config.from_prefixed_env("MLAPI")
+    settings, warnings = settings_from_environ()
+    config.update(settings)
     if isinstance(overrides, dict):
         config.from_mapping(overrides)
     elif overrides is not None:
         config.from_object(overrides)
-    check_limits(config)
+    for key in KEYS:
+        config[key] = check_value(key, config[key], shown=key not in FILE_KEYS)
+    app.extensions["mlapi.settings_warnings"] = warnings
+    check_instance_folder(app.instance_path)
     config["SECRET_KEY"] = load_secret(app)
     config.setdefault("SERVICE_NAME", "mlapi")
     database_settings(config, app.instance_path)
     token_settings(config)
     limiter_settings(config)
     cache_settings(config)
+
+
+def check_instance_folder(folder):
+    """The instance folder exists (created if need be) and this user can write in it."""
+    fix = (
+        "Set MLAPI_INSTANCE_PATH to a folder this user can write "
+        f"(uid {os.getuid()}), or fix the folder's owner or mode"
+    )
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise refused(
+            "MLAPI_INSTANCE_PATH",
+            f"cannot create the instance folder {folder}: {exc.strerror}",
+            fix,
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise refused("MLAPI_INSTANCE_PATH", f"the instance folder {folder} is not writable", fix)
 
 
 # --- the secret ----------------------------------------------------------------------
@@ -125,16 +423,30 @@ def load_secret(app):
     """Return the secret for signing tokens, per the rules of the running mode."""
     secret = app.config.get("SECRET_KEY")
     if app.config["ENV"] == "production":
-        if not secret or len(str(secret).encode()) < MIN_SECRET_BYTES:
-            raise ConfigurationError(
-                f"MLAPI_SECRET_KEY must be set to at least {MIN_SECRET_BYTES} bytes when "
-                "MLAPI_ENV=production (generate one with: python -c "
-                "'import secrets; print(secrets.token_urlsafe(48))')."
-            )
+        check_production_secret(secret)
         return str(secret)
     if secret:
         return str(secret)
-    return instance_secret(app.instance_path)
+    try:
+        return instance_secret(app.instance_path)
+    except OSError as exc:
+        raise refused(
+            "MLAPI_INSTANCE_PATH",
+            f"cannot read or write the generated secret {exc.filename}: {exc.strerror}",
+            "Make the file readable by this user, or set MLAPI_SECRET_KEY (or "
+            "MLAPI_SECRET_KEY_FILE), or point MLAPI_INSTANCE_PATH at a folder of its own",
+        ) from None
+
+
+def check_production_secret(secret):
+    if not secret or len(str(secret).encode()) < MIN_SECRET_BYTES:
+        raise refused(
+            "MLAPI_SECRET_KEY",
+            f"MLAPI_SECRET_KEY must be set to at least {MIN_SECRET_BYTES} bytes when "
+            "MLAPI_ENV=production",
+            "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))' "
+            "and set MLAPI_SECRET_KEY (or MLAPI_SECRET_KEY_FILE)",
+        )
 
 
 def instance_secret(folder):
@@ -161,17 +473,6 @@ def instance_secret(folder):
 
 
 # --- checks and derived library settings ---------------------------------------------
-
-
-def check_limits(config):
-    """Refuse to start with a limit string flask-limiter would silently skip at request time."""
-    for key in LIMIT_KEYS:
-        try:
-            parse_many(config[key])
-        except ValueError:
-            raise ValueError(
-                f"MLAPI_{key}={config[key]!r} is not a rate limit like '10/minute'"
-            ) from None
 
 
 def redis_socket_options(config):

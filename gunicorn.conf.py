@@ -2,6 +2,10 @@
 
 Run: gunicorn -c gunicorn.conf.py wsgi:app  (scripts/run does this).
 
+mlapi's own settings are read and checked here, in the master, by config.py: a bad
+one stops gunicorn before any worker starts, with one JSON log line naming it and a
+non-zero exit. The master then waits (MLAPI_DB_WAIT_SECONDS) for the database.
+
 Without MLAPI_REDIS_URL, rate limits, cache, revocation and active users live
 in process memory, so one worker process is the only correct shape: more
 workers would each count separately and multiply every limit. In that mode
@@ -21,14 +25,22 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import config as _config  # noqa: E402 (after the environment above; "config" is a gunicorn setting)
+
 _log = logging.getLogger("gunicorn.error")
+_settings = _config.checked_settings()
+try:
+    _config.wait_for_database(_settings["DATABASE_URL"], _settings["DB_WAIT_SECONDS"])
+except _config.ConfigurationError as error:
+    _config.exit_on_error(error)
 
 bind = (
     os.environ.get("GUNICORN_BIND")
     or f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 )
 _requested_workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-_shared_state = bool(os.environ.get("MLAPI_REDIS_URL"))
+# The resolved URL, so MLAPI_REDIS_URL_FILE (a mounted secret) counts too.
+_shared_state = bool(_settings["REDIS_URL"])
 workers = _requested_workers if _shared_state else 1
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread" if threads > 1 else "sync"
@@ -50,7 +62,7 @@ control_socket_disable = True
 logger_class = "mlapi.observability.gunicorn.JsonLogger"
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 errorlog = "-"
-loglevel = os.environ.get("MLAPI_LOG_LEVEL", "info").lower()
+loglevel = _settings["LOG_LEVEL"].lower()
 # Forwarded headers are handled by the app (MLAPI_TRUSTED_PROXIES), not by gunicorn.
 forwarded_allow_ips = "127.0.0.1"
 

@@ -1,5 +1,6 @@
 """mlapi: machine learning predictions over HTTP."""
 
+import logging
 import os
 
 from flask import Flask
@@ -35,9 +36,11 @@ def create_app(overrides=None, instance_path=None):
     # Shared Redis (when configured), logs, metrics and request hooks.
     redis_client.init_app(app)
     observability.init_app(app)
+    log_settings_warnings(app)
     # One JSON error shape for every error.
     errors.init_app(app)
-    # Users and revocations in SQL, migrated on start.
+    # Users and revocations in SQL (waiting a bounded time for the server), migrated on start.
+    config.wait_for_database(app.config["DATABASE_URL"], app.config["DB_WAIT_SECONDS"])
     database.init_app(app)
     # The model registry and the prediction cache.
     predictions.init_app(app)
@@ -49,6 +52,11 @@ def create_app(overrides=None, instance_path=None):
     # flask users / db / models commands.
     cli.init_app(app)
     return app
+
+
+def log_settings_warnings(app):
+    for warning in app.extensions.pop("mlapi.settings_warnings", []):
+        logging.getLogger("mlapi.config").warning(warning)
 
 
 def use_strict_json(app):

@@ -22,6 +22,9 @@ class ModelNotFound(KeyError):
 class ModelLoadError(ConfigurationError):
     """A model file cannot be loaded; the message names the file."""
 
+    setting = "MLAPI_MODEL_DIR"
+    fix = "Correct or remove the model file it names, or point MLAPI_MODEL_DIR elsewhere"
+
 
 class TensorError(ValueError):
     """An input tensor cannot be read as the batch a model takes."""

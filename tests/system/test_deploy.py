@@ -21,7 +21,7 @@ import yaml
 from flask import Flask
 from werkzeug.serving import make_server
 
-from config import MIN_SECRET_BYTES, Config, ConfigurationError, load_secret
+from config import FILE_KEYS, MIN_SECRET_BYTES, Config, ConfigurationError, load_secret
 from tests.system.servers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ ALERTS = {
 # Environment the image sets for Python itself and for gunicorn's command line.
 PROCESS_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "GUNICORN_CMD_ARGS"}
 # The files holding the secrets (the Docker/Kubernetes secrets convention) that config.py reads.
-SECRET_FILE_ENV = {"MLAPI_SECRET_KEY_FILE", "MLAPI_DATABASE_URL_FILE", "MLAPI_REDIS_URL_FILE"}
+SECRET_FILE_ENV = {f"MLAPI_{key}_FILE" for key in FILE_KEYS}
 
 
 def require_tool(name, hint):
@@ -156,10 +156,15 @@ CONFIG_ENV = {f"MLAPI_{key}" for key in dir(Config) if key.isupper()}
 
 
 def test_env_names_read_finds_gunicorn_settings():
-    assert {"WEB_CONCURRENCY", "MLAPI_REDIS_URL", "GUNICORN_GRACEFUL_TIMEOUT"} <= GUNICORN_ENV
+    assert {"WEB_CONCURRENCY", "GUNICORN_GRACEFUL_TIMEOUT"} <= GUNICORN_ENV
     assert {"PROMETHEUS_MULTIPROC_DIR", "OMP_NUM_THREADS", "PORT"} <= GUNICORN_ENV
     assert "MLAPI_INSTANCE_PATH" in APP_ENV
     assert {"MLAPI_SECRET_KEY", "MLAPI_DATABASE_URL", "MLAPI_REDIS_URL"} <= CONFIG_ENV
+    assert {
+        "MLAPI_SECRET_KEY_FILE",
+        "MLAPI_DATABASE_URL_FILE",
+        "MLAPI_REDIS_URL_FILE",
+    } == SECRET_FILE_ENV
 
 
 def unknown_env(names):
