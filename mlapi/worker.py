@@ -40,65 +40,85 @@ LINGER_SECONDS = 2.0
 RECV_SIZE = 65536
 _DIGITS = re.compile(rb"[0-9]+")
 _HEX = re.compile(rb"[0-9a-fA-F]+")
+_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|expect):([^\r]*)", re.IGNORECASE)
 
 
-class RequestScanner:
-    """Finds where one HTTP/1.x request ends in the bytes received so far.
+class PendingRequest:
+    """The bytes of a request received so far, and where the request ends in them.
 
-    It only frames; gunicorn's parser still validates. Anything it cannot frame is
-    handed over as it is, and gunicorn answers 400.
+    It only frames, by RFC 9112's rules; gunicorn's parser still validates. A head it
+    cannot frame is handed over as it is, and gunicorn refuses it (400).
     """
 
     INCOMPLETE, COMPLETE, HEAD_TOO_LARGE, BODY_TOO_LARGE = range(4)
 
-    def __init__(self, max_head, max_body):
+    __slots__ = (
+        "data",
+        "deadline",
+        "max_head",
+        "max_body",
+        "continued",
+        "expects_continue",
+        "head_end",
+        "body_length",
+        "chunk_at",
+        "chunked_size",
+        "searched",
+    )
+
+    def __init__(self, data, deadline, max_head, max_body):
+        self.data = data
+        self.deadline = deadline
         self.max_head = max_head
         self.max_body = max_body
-        self.head_end = None  # offset just past the blank line ending the head
-        self.body_length = None  # Content-Length, or None for a chunked body
-        self.chunk_at = 0  # next chunk-size line of a chunked body
-        self.chunked_size = 0  # sum of chunk sizes seen so far
+        self.continued = False  # this worker has sent "100 Continue"
         self.expects_continue = False
-        self._searched = 0
+        self.head_end = None  # offset just past the blank line that ends the head
+        self.body_length = None  # Content-Length; None for a chunked body
+        self.chunk_at = 0  # offset of the next chunk-size line of a chunked body
+        self.chunked_size = 0  # sum of the chunk sizes seen so far
+        self.searched = 0
 
-    def scan(self, data):
-        """Where the request in ``data`` stands; ``self.end`` is its length when COMPLETE."""
+    def scan(self):
+        """Where the request stands: INCOMPLETE, COMPLETE, HEAD_ or BODY_TOO_LARGE."""
+        data = self.data
         if self.head_end is None:
-            found = data.find(b"\r\n\r\n", max(self._searched - 3, 0))
+            found = data.find(b"\r\n\r\n", max(self.searched - 3, 0))
             if found < 0:
-                self._searched = len(data)
+                self.searched = len(data)
                 return self.HEAD_TOO_LARGE if len(data) > self.max_head else self.INCOMPLETE
             self.head_end = found + 4
-            status = self._framing(bytes(data[: self.head_end]).lower())
+            status = self._framing(_FRAMING.findall(data, 0, found + 2))
             if status is not None:
                 return status
         if self.body_length is not None:
-            self.end = self.head_end + self.body_length
-            return self.COMPLETE if len(data) >= self.end else self.INCOMPLETE
+            return (
+                self.COMPLETE if len(data) >= self.head_end + self.body_length else self.INCOMPLETE
+            )
         return self._scan_chunks(data)
 
-    def _framing(self, head):
-        """Read the body's framing from the lower-cased head; a status when already decided."""
-        self.expects_continue = b"\r\nexpect:" in head and b"100-continue" in head
-        chunked = b"\r\ntransfer-encoding:" in head
-        length_at = head.find(b"\r\ncontent-length:")
-        if chunked == (length_at >= 0):
-            # Neither (no body), or both (gunicorn refuses the request): the head is all.
-            self.end = self.head_end
-            return self.COMPLETE
+    def _framing(self, fields):
+        """Read the body's framing from the head's fields; a status if that decides it."""
+        lengths, chunked = [], False
+        for name, value in fields:
+            name = name.lower()
+            if name == b"content-length":
+                lengths.append(value.strip(b" \t"))
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif value.strip(b" \t").lower() == b"100-continue":
+                self.expects_continue = True
+        if not chunked and not lengths:
+            return self.COMPLETE  # no body
         if chunked:
+            if lengths:
+                return self.COMPLETE  # both: gunicorn refuses it
             self.chunk_at = self.head_end
             return None
-        start = length_at + len(b"\r\ncontent-length:")
-        value = head[start : head.find(b"\r\n", start)].strip(b" \t")
-        if not _DIGITS.fullmatch(value) or head.count(b"\r\ncontent-length:") > 1:
-            self.end = self.head_end  # gunicorn refuses it
-            return self.COMPLETE
-        self.body_length = int(value)
-        if self.body_length > self.max_body:
-            self.end = self.head_end
-            return self.BODY_TOO_LARGE
-        return None
+        if len(lengths) > 1 or not _DIGITS.fullmatch(lengths[0]):
+            return self.COMPLETE  # gunicorn refuses it
+        self.body_length = int(lengths[0])
+        return self.BODY_TOO_LARGE if self.body_length > self.max_body else None
 
     def _scan_chunks(self, data):
         while True:
@@ -107,23 +127,18 @@ class RequestScanner:
                 return self.INCOMPLETE
             size = _HEX.match(data, self.chunk_at, line_end)
             if size is None:
-                self.end = len(data)  # malformed: gunicorn refuses it
-                return self.COMPLETE
+                return self.COMPLETE  # malformed: gunicorn refuses it
             size = int(size.group(), 16)
             if size == 0:
-                trailers = data.find(b"\r\n", line_end + 2)
-                if trailers < 0:
+                # The last chunk, then trailer fields (usually none) and a blank line.
+                if data.startswith(b"\r\n", line_end + 2):
+                    return self.COMPLETE
+                if len(data) < line_end + 4:
                     return self.INCOMPLETE
-                if trailers != line_end + 2:
-                    trailers = data.find(b"\r\n\r\n", line_end)
-                    if trailers < 0:
-                        return self.INCOMPLETE
-                    trailers += 2
-                self.end = trailers + 2
-                return self.COMPLETE
+                found = data.find(b"\r\n\r\n", line_end + 2)
+                return self.COMPLETE if found >= 0 else self.INCOMPLETE
             self.chunked_size += size
             if self.chunked_size > self.max_body:
-                self.end = len(data)
                 return self.BODY_TOO_LARGE
             next_line = line_end + 2 + size + 2
             if len(data) < next_line:
@@ -137,18 +152,6 @@ class EndOfInput:
 
     def recv(self, size):
         return b""
-
-
-class PendingRequest:
-    """A connection whose request is still arriving."""
-
-    __slots__ = ("data", "deadline", "scanner", "continued")
-
-    def __init__(self, data, deadline, scanner):
-        self.data = bytearray(data)
-        self.deadline = deadline
-        self.scanner = scanner
-        self.continued = False
 
 
 def _problem(status, title, detail):
@@ -201,9 +204,7 @@ class BufferingThreadWorker(ThreadWorker):
         if conn.parser is not None:
             leftover = conn.parser.unreader.take_buffered()
         pending = PendingRequest(
-            leftover,
-            time.monotonic() + self.read_timeout,
-            RequestScanner(self.max_head, self.max_body),
+            leftover, time.monotonic() + self.read_timeout, self.max_head, self.max_body
         )
         if conn.parser is None:
             self._wait(conn, pending)  # a new connection: its request comes later
@@ -237,22 +238,22 @@ class BufferingThreadWorker(ThreadWorker):
         if not data:
             self._close(conn)
             return
-        pending.data += data
+        pending.data = pending.data + data if pending.data else data
         self._advance(conn, pending)
 
     def _advance(self, conn, pending):
         """Act on what has arrived: wait for more, hand the request over, or refuse it."""
-        status = pending.scanner.scan(pending.data)
-        if status == RequestScanner.COMPLETE:
+        status = pending.scan()
+        if status == PendingRequest.COMPLETE:
             self._dispatch(conn, pending, truncated=False)
-        elif status == RequestScanner.INCOMPLETE:
+        elif status == PendingRequest.INCOMPLETE:
             self._wait(conn, pending)
-            if pending.scanner.expects_continue and not pending.continued:
+            if pending.expects_continue and not pending.continued:
                 pending.continued = True
                 self._send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
-        elif status == RequestScanner.HEAD_TOO_LARGE:
+        elif status == PendingRequest.HEAD_TOO_LARGE:
             self._refuse(conn, HEAD_TOO_LARGE)
-        elif pending.scanner.body_length is None:
+        elif pending.body_length is None:
             self._refuse(conn, BODY_TOO_LARGE)  # chunked: only reading all of it would tell
         else:
             # Content-Length over the limit: the app refuses it from the head alone (413).
@@ -267,7 +268,7 @@ class BufferingThreadWorker(ThreadWorker):
             conn.initialized = True
         # A surplus (the next, pipelined request) stays in the parser's buffer, and
         # finish_request brings the connection back here.
-        conn.parser.unreader.unread(bytes(pending.data))
+        conn.parser.unreader.unread(pending.data)
         conn.request_truncated = truncated
         conn.continued = pending.continued
         ThreadWorker.enqueue_req(self, conn)
