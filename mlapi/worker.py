@@ -35,6 +35,8 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 READ_TIMEOUT = float(os.environ.get("GUNICORN_REQUEST_READ_TIMEOUT", "10"))
 #: Body limit when the app has no MAX_CONTENT_LENGTH of its own.
 DEFAULT_MAX_BODY = 1024 * 1024
+#: Largest request head held (nginx holds 32 KiB at most); larger ones get 431.
+MAX_HEAD = 64 * 1024
 #: Seconds a closing connection may take to send its last bytes before it is cut.
 LINGER_SECONDS = 2.0
 RECV_SIZE = 65536
@@ -99,20 +101,20 @@ class PendingRequest:
 
     def _framing(self, fields):
         """Read the body's framing from the head's fields; a status if that decides it."""
-        lengths, chunked = [], False
+        lengths, codings = [], []
         for name, value in fields:
-            name = name.lower()
+            name, value = name.lower(), value.strip(b" \t").lower()
             if name == b"content-length":
-                lengths.append(value.strip(b" \t"))
+                lengths.append(value)
             elif name == b"transfer-encoding":
-                chunked = True
-            elif value.strip(b" \t").lower() == b"100-continue":
+                codings.append(value)
+            elif value == b"100-continue":
                 self.expects_continue = True
-        if not chunked and not lengths:
+        if not codings and not lengths:
             return self.COMPLETE  # no body
-        if chunked:
-            if lengths:
-                return self.COMPLETE  # both: gunicorn refuses it
+        if codings:
+            if lengths or not codings[-1].endswith(b"chunked"):
+                return self.COMPLETE  # gunicorn refuses it
             self.chunk_at = self.head_end
             return None
         if len(lengths) > 1 or not _DIGITS.fullmatch(lengths[0]):
@@ -173,11 +175,7 @@ class BufferingThreadWorker(ThreadWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.read_timeout = READ_TIMEOUT
-        self.max_head = (
-            self.cfg.limit_request_line
-            + self.cfg.limit_request_fields * (self.cfg.limit_request_field_size + 2)
-            + 4
-        )
+        self.max_head = MAX_HEAD
         self.max_body = DEFAULT_MAX_BODY
         # Insertion order is deadline order: every entry gets the same timeout.
         self.reading = {}
@@ -195,6 +193,7 @@ class BufferingThreadWorker(ThreadWorker):
             self.log.warning("TLS or HTTP/2 configured: requests are not read ahead")
             self.enqueue_req = partial(ThreadWorker.enqueue_req, self)
             self.finish_request = partial(ThreadWorker.finish_request, self)
+            self.handle_request = partial(ThreadWorker.handle_request, self)
         super().init_process()
 
     def enqueue_req(self, conn):
@@ -238,7 +237,12 @@ class BufferingThreadWorker(ThreadWorker):
         if not data:
             self._close(conn)
             return
-        pending.data = pending.data + data if pending.data else data
+        if not pending.data:
+            pending.data = data  # the usual case: the whole request in one read
+        elif isinstance(pending.data, bytes):
+            pending.data = bytearray(pending.data) + data
+        else:
+            pending.data += data
         self._advance(conn, pending)
 
     def _advance(self, conn, pending):
@@ -276,6 +280,8 @@ class BufferingThreadWorker(ThreadWorker):
     def handle_request(self, req, conn):
         if conn.continued:
             req._expected_100_continue = False  # this worker has sent it already
+        if conn.request_truncated:
+            req.must_close = True  # the response says so; finish_request closes
         return super().handle_request(req, conn)
 
     def finish_request(self, conn, fs):

@@ -235,6 +235,7 @@ def test_bodies_over_the_limit_are_refused_without_reading_them(servers):
     )
     answer = exchange(server.port, head + b"a" * 1000)
     assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert b"\r\nConnection: close\r\n" in answer
     chunked = (
         b"POST /token HTTP/1.1\r\nHost: mlapi\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"%x\r\n" % too_long + b"a" * 1000
@@ -242,6 +243,9 @@ def test_bodies_over_the_limit_are_refused_without_reading_them(servers):
     answer = exchange(server.port, chunked)
     assert answer.startswith(b"HTTP/1.1 413 "), answer
     assert b"application/problem+json" in answer
+    huge_head = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\n" + b"X-Pad: aaaa\r\n" * 6000
+    answer = exchange(server.port, huge_head)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
 
 
 def test_sigterm_serves_accepted_and_queued_connections_then_refuses(servers):

@@ -39,6 +39,7 @@ def scan(data, max_body=100):
         (HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n", P.COMPLETE),
         (HEAD + b"Content-Length: +5\r\n\r\n", P.COMPLETE),
         (HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", P.COMPLETE),
+        (HEAD + b"Transfer-Encoding: gzip\r\n\r\n", P.COMPLETE),
     ],
 )
 def test_framing(data, status):
@@ -53,6 +54,15 @@ def test_a_request_arriving_a_byte_at_a_time_completes_exactly_at_its_last_byte(
         pending.data = request[: byte + 1]
         statuses.append(pending.scan())
     assert statuses == [P.INCOMPLETE] * (len(request) - 1) + [P.COMPLETE]
+
+
+def test_a_body_arriving_in_many_pieces_is_kept_whole():
+    pending = P(HEAD + b"Content-Length: 5\r\n\r\n", 0.0, 200, 100)
+    assert pending.scan() == P.INCOMPLETE
+    pending.data = bytearray(pending.data)
+    for byte in b"12345":
+        pending.data += bytes([byte])
+    assert pending.scan() == P.COMPLETE
 
 
 def test_expect_100_continue_is_noticed():
