@@ -34,31 +34,55 @@ try:
 except _config.ConfigurationError as error:
     _config.exit_on_error(error)
 
+
+def _whole(name, value, low=0):
+    """gunicorn's numeric settings from the environment, refused like mlapi's own."""
+    try:
+        number = int(value)
+        if number >= low:
+            return number
+    except ValueError:
+        pass
+    _config.exit_on_error(
+        _config.refused(
+            name,
+            f"{name}={value!r} is not a whole number of at least {low}",
+            f"Set {name} to a whole number of at least {low}, or unset it",
+        )
+    )
+
+
 bind = (
     os.environ.get("GUNICORN_BIND")
     or f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 )
-_requested_workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+_requested_workers = _whole("WEB_CONCURRENCY", os.environ.get("WEB_CONCURRENCY", "1"), low=1)
 # The resolved URL, so MLAPI_REDIS_URL_FILE (a mounted secret) counts too.
 _shared_state = bool(_settings["REDIS_URL"])
 workers = _requested_workers if _shared_state else 1
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = _whole("GUNICORN_THREADS", os.environ.get("GUNICORN_THREADS", "4"), low=1)
 # gthread, except that each request is read in full (head and body, within
 # GUNICORN_REQUEST_READ_TIMEOUT seconds, else 408) before a thread sees it, so slow
 # clients cannot hold the threads; see mlapi/worker.py. GUNICORN_WORKER_CLASS=gthread
 # gives gunicorn's own worker back (for comparison; exposed to slow clients).
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "mlapi.worker.BufferingThreadWorker")
 # Each slow client holds a connection (not a thread) until its read timeout.
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+worker_connections = _whole(
+    "GUNICORN_WORKER_CONNECTIONS", os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000")
+)
+timeout = _whole("GUNICORN_TIMEOUT", os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = _whole(
+    "GUNICORN_GRACEFUL_TIMEOUT", os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30")
+)
+keepalive = _whole("GUNICORN_KEEPALIVE", os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # Worker recycling is off by default: a recycled worker re-imports the app (about 0.8 s),
 # which showed as a p99 spike of half a second in the benchmark, and in the embedded mode
 # the one worker holds the limits and the cache, which recycling would reset. Set
 # GUNICORN_MAX_REQUESTS (with its jitter) to bound a memory leak, with Redis configured.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
-max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000"))
+max_requests = _whole("GUNICORN_MAX_REQUESTS", os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+max_requests_jitter = _whole(
+    "GUNICORN_MAX_REQUESTS_JITTER", os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000")
+)
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # gunicorn's runtime control socket is unused here; its default path under $HOME would be
 # shared by every instance on a host and is not writable in a read-only container.
@@ -85,6 +109,13 @@ def on_starting(server):
         )
     for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(path)
+
+
+def post_fork(server, worker):
+    """In each new worker: /metrics reports the process metrics of the master and every worker."""
+    from mlapi.observability import metrics
+
+    metrics.serve_as_worker_of(server.pid)
 
 
 def child_exit(server, worker):

@@ -20,6 +20,9 @@ from mlapi import (
 )
 from mlapi.api import strict_json
 
+# Reported as mlapi_build_info{version} beside the commit of the build.
+__version__ = "1.0.0"
+
 
 def create_app(overrides=None, instance_path=None):
     """Build the application, in this order.

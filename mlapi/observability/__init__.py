@@ -10,6 +10,7 @@ from mlapi.observability.metrics import (
     ActiveUsersCollector,
     MultiprocessMetrics,
     register_collector,
+    register_process_collectors,
 )
 
 
@@ -26,4 +27,5 @@ def init_app(app):
     )
     app.extensions["mlapi.active_users"] = active
     register_collector(ActiveUsersCollector(active.count))
+    register_process_collectors()
     hooks.init_app(app)

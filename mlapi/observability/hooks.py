@@ -4,7 +4,8 @@ import re
 import time
 import uuid
 
-from flask import g, request
+from flask import current_app, g, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mlapi.observability.metrics import IN_FLIGHT, RATE_LIMITED, REQUEST_LATENCY, REQUESTS
 
@@ -17,7 +18,28 @@ EXPORTER_ENDPOINT = "prometheus_metrics"
 def route():
     """The matched route template, never the raw path (bounded label values)."""
     rule = request.url_rule
-    return rule.rule if rule is not None else UNMATCHED
+    if rule is not None:
+        return rule.rule
+    if isinstance(request.routing_exception, MethodNotAllowed):
+        return allowing_route(request.routing_exception)
+    return UNMATCHED
+
+
+def allowing_route(exc):
+    """For a 405: the template of the route the path matched with another method."""
+    cached = request.environ.get("mlapi.allowing_route")
+    if cached is None:
+        cached = UNMATCHED
+        adapter = current_app.create_url_adapter(request)
+        for method in exc.valid_methods or ():
+            try:
+                rule, _args = adapter.match(method=method, return_rule=True)
+            except HTTPException:
+                continue
+            cached = rule.rule
+            break
+        request.environ["mlapi.allowing_route"] = cached
+    return cached
 
 
 def start_request():

@@ -7,18 +7,27 @@ prometheus-flask-exporter serves /metrics; its default metrics are off because
 their names cannot be the tutorial's, so mlapi's request hooks record our own.
 """
 
+import contextlib
+import functools
 import logging
 import os
+import platform
+import subprocess
 
 from flask import current_app
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# A small model answers in tens of microseconds: buckets from 10 us to 1 s (then 2.5, 5, 10).
+MODEL_LATENCY_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)  # fmt: skip
 
 REQUESTS = Counter(
     "api_requests_total",
@@ -43,7 +52,7 @@ MODEL_LATENCY = Histogram(
     "model_inference_seconds",
     "Time spent inside a model's predict, by model and version.",
     ["model", "model_version"],
-    buckets=LATENCY_BUCKETS,
+    buckets=MODEL_LATENCY_BUCKETS,
 )
 CACHE_HITS = Counter("cache_hits_total", "Prediction cache hits.")
 CACHE_MISSES = Counter("cache_misses_total", "Prediction cache misses.")
@@ -105,6 +114,137 @@ class ActiveUsersCollector:
         yield GaugeMetricFamily(
             "active_users", "Users with an authenticated request in the last window.", value=value
         )
+
+
+def build_commit():
+    """The commit this build is from: MLAPI_BUILD_COMMIT (set when the image is built),
+    else git's HEAD when the code is a checkout, else "unknown"."""
+    commit = os.environ.get("MLAPI_BUILD_COMMIT", "").strip()
+    if commit:
+        return commit
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=os.path.dirname(__file__),
+            capture_output=True,
+            text=True,
+            timeout=2,
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()
+    return "unknown"
+
+
+@functools.cache
+def build_labels():
+    from mlapi import __version__
+
+    return {"version": __version__, "commit": build_commit(), "python": platform.python_version()}
+
+
+class BuildInfoCollector:
+    """``mlapi_build_info``: always 1, labelled with the version, commit and Python."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        labels = build_labels()
+        family = GaugeMetricFamily(
+            "mlapi_build_info",
+            "mlapi's version, the commit it was built from, and the Python running it.",
+            labels=list(labels),
+        )
+        family.add_metric(list(labels.values()), 1)
+        yield family
+
+
+class WorkerProcessCollector:
+    """``process_*`` series of the gunicorn master and each live worker, labelled by pid.
+
+    prometheus_client's ProcessCollector reports only the process that answers the scrape,
+    so under gunicorn it shows one random worker. This collector reads every live
+    process of the server with psutil at scrape time instead.
+    """
+
+    def __init__(self, master_pid):
+        self.master_pid = master_pid
+
+    def describe(self):
+        return []
+
+    def processes(self):
+        import psutil
+
+        if self.master_pid is None:
+            return [("worker", psutil.Process())]
+        try:
+            master = psutil.Process(self.master_pid)
+            return [("master", master), *(("worker", child) for child in master.children())]
+        except psutil.Error:
+            return [("worker", psutil.Process())]
+
+    def collect(self):
+        import psutil
+
+        labels = ["pid", "role"]
+        families = {
+            "rss": GaugeMetricFamily(
+                "process_resident_memory_bytes", "Resident memory size in bytes.", labels=labels
+            ),
+            "vms": GaugeMetricFamily(
+                "process_virtual_memory_bytes", "Virtual memory size in bytes.", labels=labels
+            ),
+            "cpu": CounterMetricFamily(
+                "process_cpu_seconds", "User and system CPU time in seconds.", labels=labels
+            ),
+            "fds": GaugeMetricFamily(
+                "process_open_fds", "Number of open file descriptors.", labels=labels
+            ),
+            "max_fds": GaugeMetricFamily(
+                "process_max_fds", "Maximum number of open file descriptors.", labels=labels
+            ),
+            "start": GaugeMetricFamily(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds.",
+                labels=labels,
+            ),
+        }
+        for role, process in self.processes():
+            try:
+                with process.oneshot():
+                    memory = process.memory_info()
+                    cpu = process.cpu_times()
+                    values = {
+                        "rss": memory.rss,
+                        "vms": memory.vms,
+                        "cpu": cpu.user + cpu.system,
+                        "fds": process.num_fds(),
+                        "max_fds": process.rlimit(psutil.RLIMIT_NOFILE)[0],
+                        "start": process.create_time(),
+                    }
+            except psutil.Error:  # exited (or recycled) between listing and reading
+                continue
+            for key, value in values.items():
+                families[key].add_metric([str(process.pid), role], value)
+        yield from families.values()
+
+
+_master_pid = None
+
+
+def serve_as_worker_of(master_pid):
+    """Called in each gunicorn worker: report the process metrics of the whole server."""
+    global _master_pid
+    _master_pid = master_pid
+
+
+def register_process_collectors():
+    """Build info always; per-process metrics in multiprocess mode (without it,
+    prometheus_client's own ProcessCollector already reports the one process)."""
+    register_collector(BuildInfoCollector())
+    if MULTIPROCESS:
+        register_collector(WorkerProcessCollector(_master_pid))
 
 
 class MultiprocessMetrics(GunicornInternalPrometheusMetrics):

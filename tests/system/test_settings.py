@@ -273,3 +273,10 @@ def test_a_database_that_never_comes_up_ends_in_one_line(tmp_path):
     attempts = [item for item in json_lines(result) if "attempt" in item]
     assert attempts and all(item["level"] == "WARNING" for item in attempts)
     assert "did not accept connections within 1.5 s" in line["message"]
+
+
+def test_gunicorn_refuses_a_bad_number_of_its_own_in_one_line(tmp_path):
+    """(WEB_CONCURRENCY is parsed by gunicorn itself before its settings file is read.)"""
+    result = run_gunicorn(tmp_path, {"GUNICORN_TIMEOUT": "soon"})
+    assert_refused(result, "GUNICORN_TIMEOUT", ["whole number"])
+    assert len(json_lines(result)) == 1
