@@ -2,8 +2,10 @@
 
 Defaults live in these classes; every key can be overridden by an environment
 variable of the same name prefixed with ``MLAPI_`` (``MLAPI_PREDICT_RATE_LIMIT``
-sets ``PREDICT_RATE_LIMIT``). Values are parsed as JSON when they parse, so
-``MLAPI_MAX_FEATURES=500`` is an int and ``MLAPI_METRICS_PER_USER=true`` a bool.
+sets ``PREDICT_RATE_LIMIT``), and the secret and URLs by a file named in
+``MLAPI_<KEY>_FILE``. Each key's annotation is its type and range: values are
+parsed and checked by pydantic at start, and a bad one stops the process with one
+JSON log line naming it (:func:`start`, :func:`checked_settings`).
 
 :func:`configure` applies them to an app, checks them, loads the secret, and derives
 the settings of the libraries (``SQLALCHEMY_*``, ``JWT_*``, ``RATELIMIT_*``,
@@ -258,11 +260,14 @@ def settings_from_environ(environ=None):
     settings, warnings = {}, []
     for key in KEYS:
         name = f"MLAPI_{key}"
+        # Secrets and URLs (which may hold a password) are never echoed in an error.
+        shown = key not in FILE_KEYS
         if key in FILE_KEYS and environ.get(f"{name}_FILE"):
-            secret = key == "SECRET_KEY"
-            settings[key] = check_value(key, read_setting_file(key, environ), True, not secret)
+            settings[key] = check_value(key, read_setting_file(key, environ), True, shown)
+        elif environ.get(name) == "" and getattr(Config, key) is None:
+            settings[key] = None  # MLAPI_REDIS_URL= means unset
         elif name in environ:
-            settings[key] = check_value(key, environ[name], True, key != "SECRET_KEY")
+            settings[key] = check_value(key, environ[name], True, shown)
     production = settings.get("ENV", Config.ENV) == "production"
     if production:
         check_production_secret(settings.get("SECRET_KEY"))

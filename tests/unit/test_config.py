@@ -215,3 +215,14 @@ def test_waiting_for_a_database_that_is_down_ends_naming_the_setting():
 
 def test_sqlite_is_not_waited_for():
     wait_for_database("sqlite:///nowhere/at/all.db", 0)
+
+
+def test_an_empty_optional_setting_means_unset():
+    settings, _ = settings_from_environ({"MLAPI_REDIS_URL": "", "MLAPI_DATABASE_URL": ""})
+    assert settings == {"REDIS_URL": None, "DATABASE_URL": None}
+
+
+def test_a_bad_database_url_is_not_echoed():
+    with pytest.raises(ConfigurationError, match="MLAPI_DATABASE_URL") as caught:
+        settings_from_environ({"MLAPI_DATABASE_URL": "pw-secret-in-here"})
+    assert "pw-secret-in-here" not in caught.value.problem
