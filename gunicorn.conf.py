@@ -29,10 +29,6 @@ import config as _config  # noqa: E402 (after the environment above; "config" is
 
 _log = logging.getLogger("gunicorn.error")
 _settings = _config.checked_settings()
-try:
-    _config.wait_for_database(_settings["DATABASE_URL"], _settings["DB_WAIT_SECONDS"])
-except _config.ConfigurationError as error:
-    _config.exit_on_error(error)
 
 
 def _whole(name, value, low=0):
@@ -95,6 +91,12 @@ errorlog = "-"
 loglevel = _settings["LOG_LEVEL"].lower()
 # Forwarded headers are handled by the app (MLAPI_TRUSTED_PROXIES), not by gunicorn.
 forwarded_allow_ips = "127.0.0.1"
+
+# Last, once every setting above is known good: wait for the database (bounded).
+try:
+    _config.wait_for_database(_settings["DATABASE_URL"], _settings["DB_WAIT_SECONDS"])
+except _config.ConfigurationError as error:
+    _config.exit_on_error(error)
 
 
 def on_starting(server):

@@ -19,9 +19,7 @@ from mlapi import (
     redis_client,
 )
 from mlapi.api import strict_json
-
-# Reported as mlapi_build_info{version} beside the commit of the build.
-__version__ = "1.0.0"
+from mlapi.version import __version__  # noqa: F401 (mlapi.__version__)
 
 
 def create_app(overrides=None, instance_path=None):

@@ -21,6 +21,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
+from mlapi.version import __version__
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A small model answers in tens of microseconds: buckets from 10 us to 1 s (then 2.5, 5, 10).
@@ -137,8 +139,6 @@ def build_commit():
 
 @functools.cache
 def build_labels():
-    from mlapi import __version__
-
     return {"version": __version__, "commit": build_commit(), "python": platform.python_version()}
 
 

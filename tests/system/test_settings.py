@@ -280,3 +280,22 @@ def test_gunicorn_refuses_a_bad_number_of_its_own_in_one_line(tmp_path):
     result = run_gunicorn(tmp_path, {"GUNICORN_TIMEOUT": "soon"})
     assert_refused(result, "GUNICORN_TIMEOUT", ["whole number"])
     assert len(json_lines(result)) == 1
+
+
+def test_scripts_run_refuses_a_bad_setting_in_one_line(tmp_path):
+    """scripts/run execs gunicorn: the same single line and exit code reach the caller."""
+    env = {**Gunicorn(tmp_path).env, "MLAPI_MAX_FEATURES": "abc"}
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "run")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 4, output
+    assert "Traceback" not in output
+    # (On a first run the script's pip may print its own notes before gunicorn starts.)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [line["setting"] for line in lines] == ["MLAPI_MAX_FEATURES"]
