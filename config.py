@@ -29,6 +29,13 @@ class Config:
     REFRESH_TOKEN_DAYS = 7
     # werkzeug hash method; stored hashes made with other parameters are upgraded at login.
     PASSWORD_HASH_METHOD = "scrypt:32768:8:1"
+    # Shortest password accepted (NIST SP 800-63B: at least 8; 15 where a password is the
+    # only factor, as here, under its 2025 revision). Longest: 128. See docs/operations.md.
+    PASSWORD_MIN_LENGTH = 8
+
+    # Browsers: origins allowed to call the API cross-origin (CORS), e.g.
+    # MLAPI_CORS_ORIGINS='["https://app.example.com"]'. Empty: no CORS headers at all.
+    CORS_ORIGINS = []
 
     # Request limits.
     MAX_CONTENT_LENGTH = 1024 * 1024

@@ -26,6 +26,7 @@ def create_app(config=None, instance_path=None):
         auth,
         caching,
         cli,
+        cors,
         database,
         errors,
         health,
@@ -44,6 +45,7 @@ def create_app(config=None, instance_path=None):
     redis_client.init_app(app)
     observability.init_app(app)
     errors.init_app(app)
+    cors.init_app(app)
     database.init_app(app)
     models.init_app(app)
     limits.init_app(app)

@@ -25,6 +25,10 @@ MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 SCHEMA_LOCK_KEY = 7_266_241_001
 
 
+class MigrationRefused(RuntimeError):
+    """A migration that stopped before changing anything; its message says what to fix."""
+
+
 def database_url(app):
     url = app.config.get("DATABASE_URL")
     if url:
@@ -60,13 +64,34 @@ def schema_lock(app):
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
                 conn.commit()
         return
-    os.makedirs(app.instance_path, exist_ok=True)
+    make_private_folder(app.instance_path)
     with open(os.path.join(app.instance_path, "schema.lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_private_folder(path):
+    """Create ``path`` (and missing parents) readable by the owner only; keep an existing one."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def create_sqlite_file(url):
+    """Create a file-backed SQLite database as an empty file of mode 0600 before SQLite does.
+
+    SQLite creates files with mode 0644 (less the umask) and gives its journal and WAL
+    files the database file's mode, so the password hashes stay the owner's.
+    """
+    url = sa.engine.make_url(url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:" or url.query:
+        return
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return  # SQLite reports the missing folder itself
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def head_revision():
@@ -116,8 +141,9 @@ def ensure_schema(app):
 
 
 def init_app(app):
-    os.makedirs(app.instance_path, exist_ok=True)
+    make_private_folder(app.instance_path)
     url = database_url(app)
+    create_sqlite_file(url)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
     db.init_app(app)
