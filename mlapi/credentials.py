@@ -79,7 +79,7 @@ def check_username(username):
 def check_email(email):
     """The address in its normalised form; raise UserError if its syntax or length fails."""
     try:
-        return validate_email(email, check_deliverability=False).normalized
+        return validate_email(email, check_deliverability=False, strict=True).normalized
     except EmailNotValidError as exc:
         raise UserError(f"Invalid e-mail address: {exc}") from None
 

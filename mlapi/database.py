@@ -65,7 +65,8 @@ def schema_lock(app):
                 conn.commit()
         return
     make_private_folder(app.instance_path)
-    with open(os.path.join(app.instance_path, "schema.lock"), "w") as handle:
+    path = os.path.join(app.instance_path, "schema.lock")
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
