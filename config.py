@@ -117,6 +117,7 @@ def configure(app, overrides=None):
     elif overrides is not None:
         config.from_object(overrides)
     check_limits(config)
+    check_password_min_length(config)
     config["SECRET_KEY"] = load_secret(app)
     config.setdefault("SERVICE_NAME", "mlapi")
     database_settings(config, app.instance_path)
@@ -179,6 +180,13 @@ def check_limits(config):
             raise ValueError(
                 f"MLAPI_{key}={config[key]!r} is not a rate limit like '10/minute'"
             ) from None
+
+
+def check_password_min_length(config):
+    """SP 800-63B: never under 8; over 64 would refuse passwords every verifier must take."""
+    value = config["PASSWORD_MIN_LENGTH"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= 64:
+        raise ValueError(f"MLAPI_PASSWORD_MIN_LENGTH={value!r} must be a whole number from 8 to 64")
 
 
 def redis_socket_options(config):

@@ -147,3 +147,9 @@ def test_blocklist_file_is_the_documented_one():
     assert len(blocklist) > 19_000
     assert {"password", "123456", "qwerty"} <= blocklist
     assert all(word == word.lower() for word in blocklist)
+
+
+@pytest.mark.parametrize("value", [7, 0, 65, "12", 8.5, True])
+def test_minimum_length_setting_is_range_checked_at_start(make_app, value):
+    with pytest.raises(ValueError, match="MLAPI_PASSWORD_MIN_LENGTH"):
+        make_app(PASSWORD_MIN_LENGTH=value)
