@@ -42,6 +42,8 @@ class UserError(Exception):
 
 def username_key(username):
     """The form user names are compared in: NFKC, case-folded, NFKC again."""
+    if username.isascii():  # NFKC leaves ASCII as it is, and folds it to lower case
+        return username.lower()
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
 
 

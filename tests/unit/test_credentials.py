@@ -153,3 +153,14 @@ def test_blocklist_file_is_the_documented_one():
 def test_minimum_length_setting_is_range_checked_at_start(make_app, value):
     with pytest.raises(ValueError, match="MLAPI_PASSWORD_MIN_LENGTH"):
         make_app(PASSWORD_MIN_LENGTH=value)
+
+
+def test_ascii_shortcut_gives_the_full_rule():
+    """The key's ASCII fast path (lower()) agrees with NFKC + casefold + NFKC."""
+    import unicodedata
+
+    def full(name):
+        return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+    names = [chr(i) for i in range(128)] + ["TestUser", "A.B-C_D@E", "Zz09"]
+    assert [username_key(n) for n in names] == [full(n) for n in names]
