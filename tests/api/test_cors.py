@@ -124,3 +124,16 @@ def test_origins_setting_from_the_environment(monkeypatch, tmp_path):
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_rate_limited_answer_is_readable_by_the_page(make_app):
+    """A 429 from the login limit carries the CORS headers, so the page can read Retry-After."""
+    client = make_app(CORS_ORIGINS=[APP_ORIGIN], LOGIN_RATE_LIMIT="1/minute").test_client()
+    form = {"username": "alice", "password": "wrong-guess"}
+    headers = {"Origin": APP_ORIGIN}
+    assert client.post("/token", data=form, headers=headers).status_code == 401
+    limited = client.post("/token", data=form, headers=headers)
+    assert_problem(limited, 429)
+    assert limited.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert "retry-after" in limited.headers["Access-Control-Expose-Headers"].lower()
+    assert int(limited.headers["Retry-After"]) > 0
