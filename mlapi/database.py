@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -52,7 +53,7 @@ def schema_lock(app):
 
 
 def make_private_folder(path):
-    """Create ``path`` (and missing parents) readable by the owner only; keep an existing one."""
+    """Create the folder ``path`` readable by the owner only; an existing one keeps its mode."""
     os.makedirs(path, mode=0o700, exist_ok=True)
 
 
@@ -70,6 +71,14 @@ def create_sqlite_file(url):
         return  # SQLite reports the missing folder itself
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+        # Made by an earlier release, or by hand: say so, but leave the operator's file be.
+        log.warning(
+            "The SQLite database %s (password hashes) is readable by other users; "
+            "restrict it with: chmod 600 %s",
+            path,
+            path,
+        )
 
 
 def head_revision():

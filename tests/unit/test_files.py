@@ -34,12 +34,18 @@ def test_instance_folder_database_and_secret_are_private(make_app, tmp_path, ope
     }
 
 
-def test_sqlite_file_elsewhere_is_private_and_existing_files_are_left_alone(make_app, tmp_path):
-    """A DATABASE_URL file is created 0600; an operator's existing file keeps its mode."""
+def test_sqlite_file_elsewhere_is_private_and_existing_files_are_left_alone(
+    make_app, tmp_path, caplog
+):
+    """A DATABASE_URL file is created 0600; an existing file keeps its mode, with a warning
+    naming the fix when others can read it (instance/mlapi.db of earlier releases is 0644)."""
     make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'new.db'}")
     assert mode(tmp_path / "new.db") == 0o600
+    assert "readable by other users" not in caplog.text
     existing = tmp_path / "existing.db"
     existing.touch()
-    existing.chmod(0o640)
+    existing.chmod(0o644)
     make_app(DATABASE_URL=f"sqlite:///{existing}")
-    assert mode(existing) == 0o640
+    assert mode(existing) == 0o644
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"restrict it with: chmod 600 {existing}" in "\n".join(warnings)
