@@ -1,6 +1,7 @@
 """Identity and files as an operator meets them: ``flask --app wsgi`` processes on a
 database with look-alike users from before the name key, and the files the CLI leaves."""
 
+import json
 import os
 import stat
 
@@ -37,3 +38,21 @@ def test_files_made_by_the_cli_process_are_private(servers, tmp_path):
     assert mode(instance) == 0o700
     assert mode(instance / "mlapi.db") == 0o600
     assert mode(instance / "secret_key") == 0o600
+
+
+def test_operator_session_through_flask_processes(servers):
+    """create, a look-alike refused, set-role and list --json as separate flask processes."""
+    server = servers(create=False)
+    assert server.flask("users", "create", "admin", "--password", PASSWORD).returncode == 0
+    clash = server.flask("users", "create", "ＡＤＭＩＮ", "--password", PASSWORD)
+    assert clash.returncode == 1
+    assert "already exists as 'admin'" in clash.stderr
+    weak = server.flask("users", "create", "bob", "--password", "password")
+    assert weak.returncode == 1 and "too common" in weak.stderr
+    promoted = server.flask("users", "set-role", "ADMIN", "admin")
+    assert promoted.returncode == 0, promoted.stderr
+    listed = server.flask("users", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(u["username"], u["role"]) for u in json.loads(listed.stdout)] == [("admin", "admin")]
+    plain = server.flask("users", "list").stdout.splitlines()
+    assert plain[0].split() == ["NAME", "ROLE", "STATE", "EMAIL"]
