@@ -112,6 +112,14 @@ class Config:
     REFRESH_TOKEN_DAYS: Annotated[int, Field(ge=1, le=365)] = 7
     # werkzeug hash method; stored hashes made with other parameters are upgraded at login.
     PASSWORD_HASH_METHOD: Annotated[str, AfterValidator(_hash_method)] = "scrypt:32768:8:1"
+    # Shortest password accepted (NIST SP 800-63B: at least 8; 15 where a password is the
+    # only factor, as here, under its 2025 revision). Longest: 128. See docs/operations.md.
+    PASSWORD_MIN_LENGTH: Annotated[int, Field(ge=8, le=64)] = 8
+
+    # Browsers: origins allowed to call the API cross-origin (CORS), e.g.
+    # MLAPI_CORS_ORIGINS='["https://app.example.com"]' (or comma-separated; mlapi/cors.py
+    # checks each origin). Empty: no CORS headers at all.
+    CORS_ORIGINS: list[str] | str = []
 
     # Request limits.
     MAX_CONTENT_LENGTH: Positive = 1024 * 1024
@@ -393,6 +401,7 @@ def configure(app, overrides=None):
         config.from_object(overrides)
     for key in KEYS:
         config[key] = check_value(key, config[key], shown=key not in FILE_KEYS)
+    check_password_min_length(config)
     app.extensions["mlapi.settings_warnings"] = warnings
     check_instance_folder(app.instance_path)
     config["SECRET_KEY"] = load_secret(app)
@@ -462,7 +471,7 @@ def instance_secret(folder):
     """
     path = os.path.join(folder, "secret_key")
     if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, mode=0o700, exist_ok=True)  # owner only, like the files in it
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -478,6 +487,17 @@ def instance_secret(folder):
 
 
 # --- checks and derived library settings ---------------------------------------------
+
+
+def check_password_min_length(config):
+    """SP 800-63B: never under 8; over 64 would refuse passwords every verifier must take."""
+    value = config["PASSWORD_MIN_LENGTH"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= 64:
+        raise refused(
+            "MLAPI_PASSWORD_MIN_LENGTH",
+            f"MLAPI_PASSWORD_MIN_LENGTH={value!r} must be a whole number from 8 to 64",
+            "Set MLAPI_PASSWORD_MIN_LENGTH to a whole number from 8 to 64, or unset it for 8",
+        )
 
 
 def redis_socket_options(config):

@@ -11,6 +11,7 @@ from mlapi import (
     api,
     auth,
     cli,
+    cors,
     database,
     errors,
     limits,
@@ -40,6 +41,8 @@ def create_app(overrides=None, instance_path=None):
     log_settings_warnings(app)
     # One JSON error shape for every error.
     errors.init_app(app)
+    # Browsers on other origins: off unless MLAPI_CORS_ORIGINS lists them.
+    cors.init_app(app)
     # Users and revocations in SQL (waiting a bounded time for the server), migrated on start.
     config.wait_for_database(app.config["DATABASE_URL"], app.config["DB_WAIT_SECONDS"])
     database.init_app(app)
