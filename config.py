@@ -12,6 +12,7 @@ the settings of the libraries (``SQLALCHEMY_*``, ``JWT_*``, ``RATELIMIT_*``,
 ``CACHE_*``) from them; a library key set explicitly wins over the derived one.
 """
 
+import contextlib
 import datetime
 import difflib
 import json
@@ -215,6 +216,9 @@ def check_value(key, value, from_string=False, shown=True):
     if adapter is None:
         return value
     try:
+        if from_string and isinstance(getattr(Config, key), list):
+            with contextlib.suppress(ValueError):  # a JSON list, else as written
+                return adapter.validate_python(json.loads(value))
         if from_string:
             return adapter.validate_strings(value)
         return adapter.validate_python(value)
@@ -399,9 +403,9 @@ def configure(app, overrides=None):
         config.from_mapping(overrides)
     elif overrides is not None:
         config.from_object(overrides)
+    check_password_min_length(config)  # strictly a whole number, even from overrides
     for key in KEYS:
         config[key] = check_value(key, config[key], shown=key not in FILE_KEYS)
-    check_password_min_length(config)
     app.extensions["mlapi.settings_warnings"] = warnings
     check_instance_folder(app.instance_path)
     config["SECRET_KEY"] = load_secret(app)
@@ -419,7 +423,7 @@ def check_instance_folder(folder):
         f"(uid {os.getuid()}), or fix the folder's owner or mode"
     )
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, mode=0o700, exist_ok=True)  # owner only, like the files in it
     except OSError as exc:
         raise refused(
             "MLAPI_INSTANCE_PATH",
