@@ -124,7 +124,9 @@ class PendingRequest:
             elif name == b"transfer-encoding":
                 codings.append(value)
             elif value == b"100-continue":
-                self.expects_continue = True
+                # Never to an HTTP/1.0 client (RFC 9110 section 15.2).
+                line_end = self.data.find(b"\r\n", 2)
+                self.expects_continue = self.data.startswith(b" HTTP/1.1", line_end - 9)
         if not codings and not lengths:
             return self.COMPLETE  # no body
         if _OBS_FOLD.search(self.data, 0, self.head_end):
@@ -331,8 +333,9 @@ class BufferingThreadWorker(ThreadWorker):
         ThreadWorker.enqueue_req(self, conn)
 
     def handle_request(self, req, conn):
-        if conn.continued:
-            req._expected_100_continue = False  # this worker has sent it already
+        if conn.continued or conn.request_truncated:
+            # Sent already; or the body is over the limit, and must not be invited.
+            req._expected_100_continue = False
         if conn.request_truncated:
             req.must_close = True  # the response says so; finish_request closes
         elif isinstance(req.body.reader, ChunkedReader):

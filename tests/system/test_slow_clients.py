@@ -239,6 +239,10 @@ def test_bodies_over_the_limit_are_refused_without_reading_them(servers):
     answer = exchange(server.port, head + b"a" * 1000)
     assert answer.startswith(b"HTTP/1.1 413 "), answer
     assert b"\r\nConnection: close\r\n" in answer
+    # A client that asks first is told 413 at once, never invited to send the body.
+    asking = head.replace(b"Host: mlapi\r\n", b"Host: mlapi\r\nExpect: 100-continue\r\n")
+    answer = exchange(server.port, asking)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
     chunked = (
         b"POST /token HTTP/1.1\r\nHost: mlapi\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"%x\r\n" % too_long + b"a" * 1000
@@ -349,6 +353,28 @@ def test_pipelined_requests_after_a_chunked_body_and_http_1_0_keep_alive(servers
     assert answer.startswith(b"HTTP/1.1 401 "), answer
     assert answer.count(b"HTTP/1.1 ") == 2 and answer.endswith(b'{"status":"alive"}\n'), answer
 
+    # HEAD: no body in its answer, so the next answer on the connection starts right after.
+    head = b"HEAD /health/live HTTP/1.1\r\nHost: mlapi\r\n\r\n"
+    answer = exchange(server.port, head + last)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.split(b"\r\n\r\n")[1].startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b'{"status":"alive"}\n'), answer
+
+    # HTTP/1.0: kept alive when asked, and never sent a 100 Continue.
+    form = b"username=nobody&password=wrong-one"
+    asking = (
+        b"POST /token HTTP/1.0\r\nHost: mlapi\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(form)
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(asking)
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)
+        sock.settimeout(5)
+        sock.sendall(form)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.0 401 "), answer
     keep = b"GET /health/live HTTP/1.0\r\nHost: mlapi\r\nConnection: keep-alive\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(keep)

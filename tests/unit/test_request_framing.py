@@ -98,6 +98,10 @@ def test_expect_100_continue_is_noticed():
     pending = P(HEAD + b"Expect: 100-Continue\r\nContent-Length: 3\r\n\r\n", 0.0, 200, 100)
     assert pending.scan() == P.INCOMPLETE
     assert pending.expects_continue
+    http_1_0 = HEAD.replace(b"HTTP/1.1", b"HTTP/1.0")
+    pending = P(http_1_0 + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n", 0.0, 200, 100)
+    assert pending.scan() == P.INCOMPLETE
+    assert not pending.expects_continue
 
 
 def test_the_gunicorn_internals_the_worker_relies_on_still_hold():
