@@ -320,7 +320,12 @@ def test_malformed_framing_is_refused_with_a_400_and_never_kills_the_worker(serv
         "long length": get[:-2] + b"Content-Length: " + b"1" * 5000 + b"\r\n\r\n",
         "length and chunked": get[:-2]
         + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "duplicate length": get[:-2] + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        "listed length": get[:-2] + b"Content-Length: 1, 1\r\n\r\nx",
+        "chunked then identity": get[:-2] + b"Transfer-Encoding: chunked, identity\r\n\r\n",
         "bad chunk size": token + b"zz\r\n",
+        "negative chunk size": token + b"-9\r\nusername=\r\n0\r\n\r\n",
+        "no blank line after the last chunk": token + b"0\r\n" + get,
         "bad chunk extension": token + b"9;\x01\r\nusername=\r\n0\r\n\r\n",
         "chunk without its CRLF": token + b"9\r\nusername=XX0\r\n\r\n",
         "forbidden trailer": token + b"9\r\nusername=\r\n0\r\nHost: evil\r\n\r\n",
