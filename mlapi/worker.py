@@ -10,9 +10,10 @@ changes one step: the worker's event loop reads a request (head, then body up to
 app's ``MAX_CONTENT_LENGTH``, by Content-Length or chunked) without blocking, and only a
 complete request goes to a thread, which parses it from memory. A client that has not
 sent its whole request within ``GUNICORN_REQUEST_READ_TIMEOUT`` seconds of its first
-byte (or of the connection, for a new one) is answered 408 and closed. The loop also
-closes connections without blocking, where gthread lingers for up to 2 s in its only
-event-loop thread.
+byte (or of the connection, for a new one) is answered 408 and closed. Bytes held per
+request and per worker are bounded (413, 431, 503), and a thread's sends to a client
+that stops reading time out. The loop also closes connections without blocking, where
+gthread lingers for up to 2 s in its only event-loop thread.
 
 This relies on gthread's internals (``ThreadWorker.enqueue_req``, ``finish_request``,
 ``TConn`` fields, the parser's unreader); gunicorn is pinned in requirements.txt and
@@ -60,7 +61,9 @@ class PendingRequest:
     """The bytes of a request received so far, and where the request ends in them.
 
     It only frames, by RFC 9112's rules; gunicorn's parser still validates. A head it
-    cannot frame is handed over as it is, and gunicorn refuses it (400).
+    cannot frame is handed over as it is, and gunicorn refuses it (400). Chunks are
+    followed by gunicorn's own grammar, so both always agree where a request ends;
+    what its parser would refuse is MALFORMED, and the worker answers 400.
     """
 
     INCOMPLETE, COMPLETE, HEAD_TOO_LARGE, BODY_TOO_LARGE, MALFORMED = range(5)
@@ -95,7 +98,7 @@ class PendingRequest:
         self.held = 0  # bytes of data the worker counts as buffered
 
     def scan(self):
-        """Where the request stands: INCOMPLETE, COMPLETE, HEAD_ or BODY_TOO_LARGE."""
+        """Where the request stands: INCOMPLETE, COMPLETE, HEAD_ or BODY_TOO_LARGE, MALFORMED."""
         data = self.data
         if self.head_end is None:
             found = data.find(b"\r\n\r\n", max(self.searched - 3, 0))
