@@ -33,7 +33,7 @@ from io import BytesIO
 
 from gunicorn import http
 from gunicorn.http.body import CHUNK_EXT_RE, Body, ChunkedReader
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 #: Seconds a client has for its whole request: head and body, from its first byte.
 READ_TIMEOUT = float(os.environ.get("GUNICORN_REQUEST_READ_TIMEOUT", "10"))
@@ -410,6 +410,13 @@ class BufferingThreadWorker(ThreadWorker):
                 self._refuse(conn, REQUEST_TIMEOUT)
             else:
                 self._close(conn)
+        if not self.alive:
+            # Stopping: a connection that has sent nothing gets what gthread gives a
+            # kept-alive one, not the whole read timeout, which would delay the exit.
+            for conn, pending in list(self.reading.items()):
+                opened = pending.deadline - self.read_timeout
+                if not pending.data and opened + STOP_KEEPALIVE_LINGER < now:
+                    self._close(conn)
         while self.lingering:
             conn, deadline = next(iter(self.lingering.items()))
             if deadline > now:

@@ -446,3 +446,17 @@ def test_one_worker_holds_a_bounded_number_of_bytes_of_unfinished_requests(serve
     body = b"username=nobody&password=" + b"p" * 200000
     answer = exchange(server.port, head.replace(b"200000", b"%d" % len(body)) + body)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+
+
+def test_idle_connections_do_not_hold_a_stopping_worker(servers):
+    """At SIGTERM a connection that has sent nothing gets gthread's 2 s, not the read timeout."""
+    server = servers(env={"GUNICORN_REQUEST_READ_TIMEOUT": "30", "GUNICORN_GRACEFUL_TIMEOUT": "20"})
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=25) == 0
+    assert time.monotonic() - started < 6
+    for sock in idle:
+        assert read_all(sock) == b""
+        sock.close()

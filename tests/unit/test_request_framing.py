@@ -4,9 +4,10 @@ import inspect
 
 import gunicorn
 import pytest
+from gunicorn.http.body import CHUNK_EXT_RE, Body, ChunkedReader
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import Unreader
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from mlapi.worker import PendingRequest
 
@@ -122,4 +123,10 @@ def test_the_gunicorn_internals_the_worker_relies_on_still_hold():
     for field in ("self.parser", "self.initialized", "conn.initialized"):
         assert field in init, field
     assert callable(Unreader.take_buffered) and callable(Unreader.unread)
+    # Chunks are framed by gunicorn's own extension grammar; a body is decoded up front.
+    assert CHUNK_EXT_RE.fullmatch(b' ; a=b;c="d"') and not CHUNK_EXT_RE.fullmatch(b";\x01")
+    assert list(inspect.signature(Body.__init__).parameters) == ["self", "reader"]
+    assert "self.reader" in inspect.getsource(Body.__init__)
+    assert callable(ChunkedReader.read)
+    assert STOP_KEEPALIVE_LINGER == 2.0
     assert Request._expected_100_continue is False
