@@ -444,7 +444,8 @@ def test_one_worker_holds_a_bounded_number_of_bytes_of_unfinished_requests(serve
     time.sleep(0.2)
     # Once those are gone, their bytes are free again: a large body is read in full.
     body = b"username=nobody&password=" + b"p" * 200000
-    answer = exchange(server.port, head.replace(b"200000", b"%d" % len(body)) + body)
+    last = head.replace(b"200000", b"%d\r\nConnection: close" % len(body))
+    answer = exchange(server.port, last + body)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
 
 
