@@ -28,7 +28,8 @@ class JsonLogger(Logger):
         level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
         if not self.access_log.isEnabledFor(level):
             return
-        status = resp.status_code
+        # gunicorn's own error answers (a 400 for a malformed head) set only resp.status.
+        status = getattr(resp, "status_code", None) or int(str(resp.status).split(None, 1)[0])
         fields = {
             "request_id": environ.get("mlapi.request_id"),
             "method": environ.get("REQUEST_METHOD"),
