@@ -17,6 +17,10 @@ class Config:
 
     # Storage. SQLite under the instance folder unless a SQLAlchemy URL is given.
     DATABASE_URL = None
+    # Seconds any one database wait may take: a PostgreSQL statement (ended by the server)
+    # and every answer from it (a client-side deadline, for a frozen server), a free pooled
+    # connection, and SQLite's wait for a lock. New PostgreSQL connections: at least 2 s.
+    DATABASE_TIMEOUT = 2.0
     # Redis for shared limits, cache and token revocation. Unset: in-process stores.
     REDIS_URL = None
     REDIS_SOCKET_TIMEOUT = 0.25
@@ -60,6 +64,9 @@ class Config:
 
     # Readiness: seconds each dependency check may take.
     READY_CHECK_TIMEOUT = 0.5
+    # The checks that must pass for /health/ready to be 200 (models, database, redis).
+    # Any other failing check reports "degraded" and keeps the instance ready.
+    READY_REQUIRES = "database,models"
 
 
 class TestingConfig(Config):

@@ -50,7 +50,7 @@ def create_app(config=None, instance_path=None):
     caching.init_app(app)
     auth.init_app(app)
     api.init_app(app)
-    app.register_blueprint(health.bp)
+    health.init_app(app)
     openapi.init_app(app)
     cli.init_app(app)
     return app

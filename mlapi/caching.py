@@ -9,15 +9,18 @@ is a miss, never an error.
 import hashlib
 import json
 import logging
+import math
 
 import numpy as np
 from cachelib.serializers import BaseSerializer
 from flask import current_app
 from flask_caching.backends import RedisCache
+from werkzeug.exceptions import ServiceUnavailable
 
 from mlapi import models
 from mlapi.extensions import cache
 from mlapi.observability import count_cache
+from mlapi.redis_client import client_options
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +80,19 @@ def _through_breaker(fn, *args):
 
 
 def invalidate(name, features):
-    """Drop the cached prediction of model ``name`` for these features."""
+    """Drop the cached prediction of model ``name`` for these features.
+
+    Unlike a lookup, a failed delete cannot fall back: the caller is told to retry (503).
+    """
     model = models.registry().get(name)
-    cache.delete(cache_key(model, features))
+    try:
+        _through_breaker(cache.delete, cache_key(model, features))
+    except Exception:
+        log.warning("prediction cache unavailable; nothing invalidated", exc_info=True)
+        raise ServiceUnavailable(
+            "The prediction cache is unavailable; retry shortly.",
+            retry_after=math.ceil(current_app.config["REDIS_RETRY_SECONDS"]),
+        ) from None
 
 
 def init_app(app):
@@ -89,10 +102,7 @@ def init_app(app):
         config.setdefault("CACHE_TYPE", "mlapi.caching.JSONRedisCache")
         config.setdefault("CACHE_REDIS_URL", config["REDIS_URL"])
         config.setdefault("CACHE_KEY_PREFIX", config["REDIS_KEY_PREFIX"] + "cache:")
-        timeout = config["REDIS_SOCKET_TIMEOUT"]
-        config.setdefault(
-            "CACHE_OPTIONS", {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        )
+        config.setdefault("CACHE_OPTIONS", client_options(config))
     else:
         config.setdefault("CACHE_TYPE", "SimpleCache")
         config.setdefault("CACHE_THRESHOLD", 10_000)

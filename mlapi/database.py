@@ -10,10 +10,12 @@ when there is something to upgrade (it costs each worker about 10 MiB).
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import re
 from pathlib import Path
 
+import click
 import sqlalchemy as sa
 
 from mlapi.extensions import db
@@ -25,6 +27,17 @@ MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 SCHEMA_LOCK_KEY = 7_266_241_001
 
 
+# The database is down, locked, or too slow: a 503 for the API, one sentence for the CLI.
+UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+def unavailable_reason(exc):
+    """The first line of the driver's message, e.g. "database is locked"."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines() or [type(original).__name__]
+    return lines[0].strip().rstrip(".")[:200]
+
+
 def database_url(app):
     url = app.config.get("DATABASE_URL")
     if url:
@@ -32,20 +45,33 @@ def database_url(app):
     return "sqlite:///" + os.path.join(app.instance_path, "mlapi.db")
 
 
-def engine_options(url):
+def engine_options(url, timeout):
+    """Engine settings that bound every wait on the database by about ``timeout`` seconds."""
     backend = sa.engine.make_url(url).get_backend_name()
     if backend == "postgresql":
+        millis = int(timeout * 1000)
         return {
             "pool_pre_ping": True,
+            # Waiting for a free pooled connection.
+            "pool_timeout": timeout,
             "connect_args": {
-                "connect_timeout": 2,
-                "options": "-c statement_timeout=5000 -c lock_timeout=2000",
+                # New connections (libpq counts whole seconds, at least 2).
+                "connect_timeout": max(2, math.ceil(timeout)),
+                # The server ends slow statements and lock waits itself...
+                "options": f"-c statement_timeout={millis} -c lock_timeout={min(millis, 2000)}",
+                # ...and the kernel drops a connection whose packets go unacknowledged
+                # (a network black hole) or whose idle peer vanished.
+                "tcp_user_timeout": millis,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
             },
         }
     if backend == "sqlite":
         # A locked database answers 503 after this many seconds instead of hanging.
-        return {"connect_args": {"timeout": 2}}
-    return {"pool_pre_ping": True}
+        return {"connect_args": {"timeout": timeout}}
+    return {"pool_pre_ping": True, "pool_timeout": timeout}
 
 
 @contextlib.contextmanager
@@ -118,8 +144,22 @@ def ensure_schema(app):
 def init_app(app):
     os.makedirs(app.instance_path, exist_ok=True)
     url = database_url(app)
+    timeout = float(app.config["DATABASE_TIMEOUT"])
     app.config["SQLALCHEMY_DATABASE_URI"] = url
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url, timeout))
     db.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.driver == "psycopg":
+            # Imported only here: SQLite deployments do without psycopg.
+            from mlapi.postgres import connect_with_deadline
+
+            sa.event.listen(db.engine, "do_connect", connect_with_deadline(timeout))
     if app.config.get("AUTO_MIGRATE", True):
-        ensure_schema(app)
+        try:
+            ensure_schema(app)
+        except UNAVAILABLE:
+            if click.get_current_context(silent=True) is None:
+                raise
+            # Loaded for a CLI command: the command reports the failure in one sentence
+            # (mlapi.cli), instead of a traceback from the app's import.
+            app.extensions["mlapi.schema_pending"] = True

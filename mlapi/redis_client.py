@@ -3,6 +3,12 @@
 After a Redis call fails, callers skip Redis for ``REDIS_RETRY_SECONDS`` and use
 their fallback (no cache, no active-user update), so an unreachable or paused Redis costs a
 request at most one socket timeout instead of one per call.
+
+Every Redis client of the app (this one, the limiter's, the cache's) is built with
+:func:`client_options`: a socket timeout on connect and on every read, and at most one
+immediate retry, only for a broken connection (a pooled socket that a Redis restart closed).
+redis-py's default would retry ten times with back-off, so a frozen Redis would cost a
+request seconds instead of one socket timeout.
 """
 
 import logging
@@ -37,17 +43,27 @@ class Breaker:
             raise
 
 
+def client_options(config):
+    """redis-py keyword arguments: client-side deadlines and the retry policy above."""
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
+    timeout = config["REDIS_SOCKET_TIMEOUT"]
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    }
+
+
 def init_app(app):
     url = app.config.get("REDIS_URL")
     if not url:
         return
     import redis  # only with Redis configured: the embedded mode does without it
 
-    timeout = app.config["REDIS_SOCKET_TIMEOUT"]
     app.extensions["mlapi.redis"] = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
+        url, health_check_interval=30, **client_options(app.config)
     )
     app.extensions["mlapi.redis_breaker"] = Breaker(app.config["REDIS_RETRY_SECONDS"])

@@ -4,7 +4,7 @@ Views call :func:`parse` to turn the request body into a validated model; the
 same models feed the OpenAPI document through spectree.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from flask import current_app, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
@@ -130,7 +130,8 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str
+    status: Literal["ready", "degraded", "not ready"]
+    required: list[str]
     checks: dict[str, dict]
 
 

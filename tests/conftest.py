@@ -227,3 +227,18 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres_server():
+    """A private PostgreSQL cluster this test may stop, restart or freeze (SIGSTOP)."""
+    from tests.servers import PostgresServer
+
+    reason = PostgresServer.available()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; under CI=true this is a failure, not a skip")
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    yield server
+    server.cleanup()

@@ -93,9 +93,11 @@ def server_live():
 @limiter.exempt
 @documented(ServerReady, {"HTTP_503": ProtocolErrorBody})
 def server_ready():
-    """Server readiness: the checks of /health/ready; 503 when one of them fails."""
-    checks = health.run_checks(current_app._get_current_object())
-    failed = sorted(name for name, check in checks.items() if check["status"] != "ok")
+    """Server readiness: the checks of /health/ready; 503 when a required one fails."""
+    app = current_app._get_current_object()
+    checks = health.run_checks(app)
+    required = health.required_checks(app)
+    failed = sorted(n for n, check in checks.items() if check["status"] != "ok" and n in required)
     if failed:
         raise ProtocolError(f"Not ready: the {', '.join(failed)} check failed.", 503)
     return {"ready": True}, 200, {"Cache-Control": "no-store"}
