@@ -38,6 +38,16 @@ def unavailable_reason(exc):
     return lines[0].strip().rstrip(".")[:200]
 
 
+def discard_session(_exc=None):
+    """End the request's session; a rollback the database cannot answer (it froze after
+    the last query) costs its deadline, then the connection is dropped, never an error."""
+    try:
+        db.session.remove()
+    except UNAVAILABLE as exc:
+        log.warning("session rollback failed (%s); connection dropped", unavailable_reason(exc))
+        db.session.registry.clear()
+
+
 def database_url(app):
     url = app.config.get("DATABASE_URL")
     if url:
@@ -148,6 +158,8 @@ def init_app(app):
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url, timeout))
     db.init_app(app)
+    # Registered after Flask-SQLAlchemy's own teardown, so it runs first (reverse order).
+    app.teardown_appcontext(discard_session)
     with app.app_context():
         if db.engine.dialect.driver == "psycopg":
             # Imported only here: SQLite deployments do without psycopg.

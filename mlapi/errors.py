@@ -101,12 +101,12 @@ def handle_http_exception(exc):
 
 def handle_database_error(exc):
     """The database is down, locked or timing out: a fast 503, never a 401 or a 500."""
-    from mlapi.extensions import db  # extensions imports this module (through schemas)
+    from mlapi.database import discard_session  # extensions imports this module
 
     log.error(
         "database unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__
     )
-    db.session.rollback()
+    discard_session()
     return problem_response(
         ServiceUnavailable("The user database is unavailable; retry shortly.", retry_after=1)
     )

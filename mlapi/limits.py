@@ -121,6 +121,10 @@ def init_app(app):
             {"key_prefix": config["REDIS_KEY_PREFIX"] + "limits", **client_options(config)},
         )
         config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+        # flask-limiter falls back to memory only for the request that finds Redis failing;
+        # a concurrent request (another thread) whose Redis call fails a moment later would
+        # be a 500. It passes instead, that once: limits stay in force through the fallback.
+        config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     else:
         config.setdefault("RATELIMIT_STORAGE_URI", "memory://")
     # after_request hooks run last-registered first: this one runs after the limiter's.

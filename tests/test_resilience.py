@@ -109,19 +109,31 @@ def create_users(server):
         assert result.returncode == 0, result.stderr
 
 
-def exact_limit(server, username, attempts=16, limit=10):
-    """Send ``attempts`` concurrent requests against a per-user limit of ``limit``; the
-    statuses (two workers must count together for exactly ``limit`` to pass)."""
-    headers = server.token(username, PASSWORD)
+def public_limit(server, address, attempts=12):
+    """(passed, refused) of ``attempts`` concurrent requests to /public (5 per minute per
+    client address) from ``address``; exactly 5 pass only if both workers count together."""
 
-    def call(n):
-        return requests.post(
-            server.url("/predict-custom-limit"), json=[n], headers=headers, timeout=10
+    def call(_):
+        return requests.get(
+            server.url("/public"), headers={"X-Forwarded-For": address}, timeout=10
         ).status_code
 
     with concurrent.futures.ThreadPoolExecutor(attempts) as pool:
         statuses = list(pool.map(call, range(attempts)))
     return statuses.count(200), statuses.count(429)
+
+
+def wait_redis_backed_limits(server, redis_server, within):
+    """Probe /public from fresh addresses until a probe is exact and counted in Redis;
+    returns the seconds it took."""
+    started = time.monotonic()
+    while True:
+        address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7"
+        exact = public_limit(server, address) == (5, 7)
+        if exact and any(address.encode() in key for key in redis_server.scan_keys()):
+            return time.monotonic() - started
+        assert time.monotonic() - started < within, "limits did not return to Redis"
+        time.sleep(0.2)
 
 
 def wait_cache_hit(server, headers, within):
@@ -148,7 +160,7 @@ def redis_stack(servers, redis_server):
     env = {
         "MLAPI_REDIS_URL": redis_server.url,
         "WEB_CONCURRENCY": "2",
-        "MLAPI_CUSTOM_RATE_LIMIT": "10/minute",
+        "MLAPI_TRUSTED_PROXIES": "1",
     }
     server = servers(env=env, create=False)
     create_users(server)
@@ -185,8 +197,7 @@ def test_redis_stopped_frozen_and_flapping_under_traffic(redis_stack, redis_serv
 
     # Back within a few seconds: both workers count one limit in Redis again.
     wait_until(lambda: readiness(server)[1]["status"] == "ready", timeout=5, what="ready")
-    time.sleep(2.5)  # the limiter re-checks its storage every REDIS_RETRY_SECONDS (2 s)
-    assert exact_limit(server, "bob") == (10, 6)
+    wait_redis_backed_limits(server, redis_server, within=5)
     wait_cache_hit(server, headers, within=5)
     assert any(key.startswith(b"mlapi:limits:") for key in redis_server.scan_keys())
 
@@ -195,17 +206,14 @@ def test_limits_return_to_redis_within_seconds(redis_stack, redis_server):
     """After an outage long enough for flask-limiter's own back-off (up to 32 s) to grow,
     the limiter still uses Redis again a few seconds after it is back."""
     server = redis_stack
-    headers = server.token("alice", PASSWORD)
     redis_server.stop()
-    for n in range(12):  # each worker falls back to memory and fails several re-checks
-        requests.post(server.url("/predict-custom-limit"), json=[n], headers=headers, timeout=10)
+    for n in range(16):  # each worker falls back to memory and fails several re-checks
+        requests.get(server.url("/public"), headers={"X-Forwarded-For": f"10.9.9.{n}"})
         time.sleep(0.5)
+    assert public_limit(server, "10.9.8.1")[0] >= 5  # limited in memory meanwhile
     redis_server.start()
-    started = time.monotonic()
-    time.sleep(2.5)
-    # Requests from every worker: each re-checks the storage on its first limited request.
-    assert exact_limit(server, "carol") == (10, 6)
-    assert time.monotonic() - started < 8
+    assert wait_redis_backed_limits(server, redis_server, within=6) < 6
+    assert public_limit(server, "10.9.8.2") == (5, 7)  # and it stays so
 
 
 @pytest.fixture
@@ -215,7 +223,6 @@ def postgres_stack(servers, redis_server, postgres_server):
         "MLAPI_REDIS_URL": redis_server.url,
         "MLAPI_DATABASE_URL": postgres_server.url,
         "WEB_CONCURRENCY": "2",
-        "MLAPI_CUSTOM_RATE_LIMIT": "10/minute",
     }
     server = servers(env=env, create=False)
     create_users(server)
@@ -336,7 +343,7 @@ def test_two_deployments_share_one_redis(servers, redis_server):
             "MLAPI_REDIS_URL": redis_server.url,
             "MLAPI_REDIS_KEY_PREFIX": prefix,
             "WEB_CONCURRENCY": "2",
-            "MLAPI_CUSTOM_RATE_LIMIT": "10/minute",
+            "MLAPI_TRUSTED_PROXIES": "1",
         }
         server = servers(env=env, name=prefix.rstrip(":"), create=False)
         server.env["MLAPI_INSTANCE_PATH"] = str(server.workdir / "instance")
@@ -344,8 +351,8 @@ def test_two_deployments_share_one_redis(servers, redis_server):
         deployments.append(server.start())
     alpha, beta = deployments
 
-    assert exact_limit(alpha, "alice") == (10, 6)
-    assert exact_limit(beta, "alice") == (10, 6)  # alpha's spent budget is not beta's
+    assert public_limit(alpha, "10.1.1.1") == (5, 7)
+    assert public_limit(beta, "10.1.1.1") == (5, 7)  # alpha's spent budget is not beta's
     headers_alpha = alpha.token("alice", PASSWORD)
     headers_beta = beta.token("alice", PASSWORD)
     first = requests.post(alpha.url("/predict-cached"), json=[5, 6], headers=headers_alpha)
