@@ -1,160 +1,24 @@
-"""Authentication: the OAuth2 password login, bearer tokens, and roles.
+"""Authentication: bearer tokens verified on every request, and roles.
 
 flask-jwt-extended verifies tokens; every one of its failure callbacks answers
 here with a 401 problem and an RFC 6750 ``WWW-Authenticate`` challenge (its
-default is a 422 ``{"msg"}``).
+default is a 422 ``{"msg"}``). The views that issue and revoke tokens are in
+mlapi/api/tokens.py.
 """
 
-import time
-import uuid
-from datetime import timedelta
 from functools import wraps
 
-from flask import Blueprint, current_app, g, request
-from flask_jwt_extended import (
-    create_access_token,
-    create_refresh_token,
-    current_user,
-    get_jwt,
-    jwt_required,
-)
-from spectree import Response
-from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
+from flask import current_app, g, request
+from flask_jwt_extended import current_user
+from werkzeug.exceptions import Unauthorized
 
-from mlapi import revocation, users
-from mlapi.errors import InsufficientScope, InvalidToken, ValidationProblem, problem_response
-from mlapi.extensions import jwt, limiter
-from mlapi.limits import config_limit
-from mlapi.observability import count_auth_failure
-from mlapi.openapi import describe
-from mlapi.schemas import LoginForm, Message, Problem, TokenResponse, UserOut
-
-bp = Blueprint("auth", __name__)
+from mlapi import users
+from mlapi.errors import InsufficientScope, InvalidToken, problem_response
+from mlapi.extensions import jwt
+from mlapi.observability.metrics import count_auth_failure
 
 ALLOWED_HEADERS = frozenset({"alg", "typ"})
 REQUIRED_CLAIMS = frozenset({"sub", "exp", "iat", "jti", "type", "sid", "sexp", "tkey"})
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-def login_username():
-    return f"login-user:{request.form.get('username', '')}"
-
-
-def login_address():
-    return f"login-addr:{request.remote_addr}"
-
-
-def failed_login(response):
-    return response.status_code == 401
-
-
-@bp.post("/token")
-@limiter.limit(config_limit("LOGIN_RATE_LIMIT"), key_func=login_username, deduct_when=failed_login)
-@limiter.limit(config_limit("LOGIN_RATE_LIMIT"), key_func=login_address, deduct_when=failed_login)
-@describe(
-    form=LoginForm,
-    resp=Response(
-        HTTP_200=TokenResponse,
-        HTTP_401=Problem,
-        HTTP_415=Problem,
-        HTTP_422=Problem,
-        HTTP_429=Problem,
-    ),
-    tags=["auth"],
-)
-def login():
-    """OAuth2 password login: exchange a username and password for bearer tokens.
-
-    Failed attempts are limited per username and per client address.
-    """
-    if request.mimetype not in FORM_TYPES:
-        raise UnsupportedMediaType("Send username and password as a form (OAuth2 password grant).")
-    missing = [name for name in ("username", "password") if not request.form.get(name)]
-    if missing:
-        raise ValidationProblem(
-            f"Missing form field(s): {', '.join(missing)}.",
-            [{"pointer": f"/{name}", "detail": "required", "type": "missing"} for name in missing],
-        )
-    user = users.authenticate(request.form["username"], request.form["password"])
-    if user is None:
-        count_auth_failure("bad_credentials")
-        raise Unauthorized("Incorrect username or password")
-    return issue_tokens(user, sid=uuid.uuid4().hex)
-
-
-@bp.post("/token/refresh")
-@jwt_required(refresh=True)
-@describe(
-    resp=Response(HTTP_200=TokenResponse, HTTP_401=Problem), tags=["auth"], security={"bearer": []}
-)
-def refresh():
-    """Exchange a refresh token (as the bearer) for a new access token."""
-    claims = get_jwt()
-    # An access token never outlives its session, so its revocation entry covers it.
-    lifetime = min(_access_seconds(), claims["sexp"] - int(time.time()))
-    access = create_access_token(
-        identity=current_user.username,
-        additional_claims={
-            "role": current_user.role,
-            "sid": claims["sid"],
-            "sexp": claims["sexp"],
-            "tkey": claims["tkey"],
-        },
-        expires_delta=timedelta(seconds=lifetime),
-    )
-    body = {"access_token": access, "token_type": "bearer", "expires_in": lifetime}
-    return body, 200, NO_STORE
-
-
-@bp.post("/logout")
-@jwt_required()
-@describe(
-    resp=Response(HTTP_200=Message, HTTP_401=Problem, HTTP_503=Problem),
-    tags=["auth"],
-    security={"bearer": []},
-)
-def logout():
-    """Revoke the presented access token and the refresh token issued with it, everywhere."""
-    claims = get_jwt()
-    revocation.revoke(claims["sid"], claims["sexp"])
-    return {"message": "Logged out"}
-
-
-def issue_tokens(user, sid):
-    """A new login session: an access token and a refresh token sharing ``sid``."""
-    session_seconds = current_app.config["REFRESH_TOKEN_DAYS"] * 86400
-    claims = {
-        "role": user.role,
-        "sid": sid,
-        "sexp": int(time.time()) + session_seconds,
-        "tkey": user.token_key or "",
-    }
-    body = {
-        "access_token": create_access_token(identity=user.username, additional_claims=claims),
-        "refresh_token": create_refresh_token(
-            identity=user.username,
-            additional_claims=claims,
-            expires_delta=timedelta(seconds=claims["sexp"] - time.time()),
-        ),
-        "token_type": "bearer",
-        "expires_in": _access_seconds(),
-    }
-    return body, 200, NO_STORE
-
-
-def _access_seconds():
-    return current_app.config["ACCESS_TOKEN_MINUTES"] * 60
-
-
-@bp.get("/users/me")
-@jwt_required()
-@describe(resp=Response(HTTP_200=UserOut, HTTP_401=Problem), tags=["auth"], security={"bearer": []})
-def read_users_me():
-    """The authenticated user's profile."""
-    return current_user.to_public()
 
 
 def admin_required(view):
@@ -176,17 +40,8 @@ def _invalid(reason, detail):
 
 
 def init_app(app):
-    app.config.setdefault("JWT_SECRET_KEY", app.config["SECRET_KEY"])
-    app.config["JWT_ALGORITHM"] = "HS256"
-    app.config["JWT_DECODE_ALGORITHMS"] = ["HS256"]
-    app.config["JWT_TOKEN_LOCATION"] = ["headers"]
-    # No cookies, so no CSRF claim: a shorter token is cheaper to parse on every request.
-    app.config["JWT_COOKIE_CSRF_PROTECT"] = False
-    app.config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", app.config["ACCESS_TOKEN_MINUTES"] * 60)
-    app.config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", app.config["REFRESH_TOKEN_DAYS"] * 86400)
     jwt.init_app(app)
     app.wsgi_app = BearerSchemeNormalizer(app.wsgi_app)
-    app.register_blueprint(bp)
 
 
 class BearerSchemeNormalizer:

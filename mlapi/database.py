@@ -1,4 +1,4 @@
-"""The SQL database: engine settings and the schema, migrated on first use.
+"""The SQL database: the schema, migrated on first use (config.py sets up the engine).
 
 The schema is managed by Alembic (Flask-Migrate). Every process that starts
 checks the database's revision against the newest migration; if they differ it
@@ -10,7 +10,6 @@ when there is something to upgrade (it costs each worker about 10 MiB).
 import contextlib
 import fcntl
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -46,42 +45,6 @@ def discard_session(_exc=None):
     except UNAVAILABLE as exc:
         log.warning("session rollback failed (%s); connection dropped", unavailable_reason(exc))
         db.session.registry.clear()
-
-
-def database_url(app):
-    url = app.config.get("DATABASE_URL")
-    if url:
-        return url.replace("postgres://", "postgresql://", 1)
-    return "sqlite:///" + os.path.join(app.instance_path, "mlapi.db")
-
-
-def engine_options(url, timeout):
-    """Engine settings that bound every wait on the database by about ``timeout`` seconds."""
-    backend = sa.engine.make_url(url).get_backend_name()
-    if backend == "postgresql":
-        millis = int(timeout * 1000)
-        return {
-            "pool_pre_ping": True,
-            # Waiting for a free pooled connection.
-            "pool_timeout": timeout,
-            "connect_args": {
-                # New connections (libpq counts whole seconds, at least 2).
-                "connect_timeout": max(2, math.ceil(timeout)),
-                # The server ends slow statements and lock waits itself...
-                "options": f"-c statement_timeout={millis} -c lock_timeout={min(millis, 2000)}",
-                # ...and the kernel drops a connection whose packets go unacknowledged
-                # (a network black hole) or whose idle peer vanished.
-                "tcp_user_timeout": millis,
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 2,
-                "keepalives_count": 3,
-            },
-        }
-    if backend == "sqlite":
-        # A locked database answers 503 after this many seconds instead of hanging.
-        return {"connect_args": {"timeout": timeout}}
-    return {"pool_pre_ping": True, "pool_timeout": timeout}
 
 
 @contextlib.contextmanager
@@ -152,11 +115,8 @@ def ensure_schema(app):
 
 
 def init_app(app):
+    """Bind the database (config.py derived its SQLALCHEMY_* settings) and migrate it."""
     os.makedirs(app.instance_path, exist_ok=True)
-    url = database_url(app)
-    timeout = float(app.config["DATABASE_TIMEOUT"])
-    app.config["SQLALCHEMY_DATABASE_URI"] = url
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url, timeout))
     db.init_app(app)
     # Registered after Flask-SQLAlchemy's own teardown, so it runs first (reverse order).
     app.teardown_appcontext(discard_session)
@@ -165,7 +125,8 @@ def init_app(app):
             # Imported only here: SQLite deployments do without psycopg.
             from mlapi.postgres import connect_with_deadline
 
-            sa.event.listen(db.engine, "do_connect", connect_with_deadline(timeout))
+            deadline = float(app.config["DATABASE_TIMEOUT"])
+            sa.event.listen(db.engine, "do_connect", connect_with_deadline(deadline))
     if app.config.get("AUTO_MIGRATE", True):
         try:
             ensure_schema(app)

@@ -1,12 +1,14 @@
 """One error shape for the whole API: RFC 9457 problem details.
 
-Code anywhere raises (``abort``, werkzeug exceptions, the problems below); the
-handlers registered here turn every error into ``application/problem+json``,
-except :class:`ProtocolError`: the Open Inference Protocol routes raise it, and
-it is rendered as that protocol's ``{"error": "..."}``.
+Code anywhere raises (``abort``, werkzeug exceptions, the problems below, the
+serving errors of mlapi/serving/errors.py); the handlers registered here turn every
+error into ``application/problem+json``, except :class:`ProtocolError`: the Open
+Inference Protocol routes raise it, and it is rendered as that protocol's
+``{"error": "..."}``.
 """
 
 import logging
+import math
 
 import sqlalchemy.exc
 from flask import current_app, g, json, request
@@ -15,10 +17,15 @@ from werkzeug.exceptions import (
     Forbidden,
     HTTPException,
     InternalServerError,
+    NotFound,
     ServiceUnavailable,
     Unauthorized,
     UnprocessableEntity,
 )
+
+from mlapi.database import discard_session
+from mlapi.extensions import db
+from mlapi.serving.errors import CacheUnavailable, ModelNotFound, PredictionError, error_item
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,27 @@ def pointer(loc):
     return "/" + "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in loc)
 
 
+def from_pydantic(exc):
+    """A pydantic ValidationError as ``{pointer, detail, type}`` error items."""
+    return [
+        error_item(pointer(err["loc"]), err["msg"], err["type"])
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def summary(errors):
+    """One sentence naming the first error item and how many more there are."""
+    first, count = errors[0], len(errors)
+    where = f"at {first['pointer']}" if first["pointer"] != "/" else "in the body"
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return f"Invalid request body {where}: {first['detail']}{more}."
+
+
+def invalid(errors):
+    """A 422 problem for these error items, summarised by the first one."""
+    return ValidationProblem(summary(errors), errors[:100])
+
+
 def problem_response(exc):
     """Render an HTTPException as a problem+json response, keeping its headers."""
     status = exc.code or 500
@@ -101,8 +129,6 @@ def handle_http_exception(exc):
 
 def handle_database_error(exc):
     """The database is down, locked or timing out: a fast 503, never a 401 or a 500."""
-    from mlapi.database import discard_session  # extensions imports this module
-
     log.error(
         "database unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__
     )
@@ -120,12 +146,29 @@ def handle_protocol_error(exc):
     )
 
 
+def handle_cache_unavailable(exc):
+    """Redis failed where no fallback is honest (an invalidation): 503, retry shortly."""
+    retry = math.ceil(current_app.config["REDIS_RETRY_SECONDS"])
+    return problem_response(ServiceUnavailable(str(exc), retry_after=retry))
+
+
 def handle_data_error(exc):
     """A value the database refuses (e.g. a NUL character): the client's input, a 400."""
-    from mlapi.extensions import db  # extensions imports this module (through schemas)
-
     db.session.rollback()
     return problem_response(BadRequest("The request contains a value that cannot be stored."))
+
+
+def validation_problem(exc):
+    """The 422 problem for a PredictionError: the model cannot use the client's input."""
+    return ValidationProblem(exc.detail, exc.errors)
+
+
+def handle_prediction_error(exc):
+    return problem_response(validation_problem(exc))
+
+
+def handle_model_not_found(exc):
+    return problem_response(NotFound(f"No model {exc.args[0]} is loaded."))
 
 
 def handle_unexpected(exc):
@@ -142,4 +185,7 @@ def init_app(app):
     app.register_error_handler(sqlalchemy.exc.TimeoutError, handle_database_error)
     app.register_error_handler(sqlalchemy.exc.DataError, handle_data_error)
     app.register_error_handler(ProtocolError, handle_protocol_error)
+    app.register_error_handler(PredictionError, handle_prediction_error)
+    app.register_error_handler(ModelNotFound, handle_model_not_found)
+    app.register_error_handler(CacheUnavailable, handle_cache_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

@@ -1,4 +1,4 @@
-"""Unbound Flask extensions, bound to the app in ``create_app``."""
+"""Unbound Flask extensions, bound to the app in ``create_app``; imports nothing from mlapi."""
 
 import time
 
@@ -7,10 +7,6 @@ from flask_caching import Cache
 from flask_jwt_extended import JWTManager
 from flask_limiter.util import get_remote_address
 from flask_sqlalchemy import SQLAlchemy
-from spectree import SecurityScheme, SpecTree
-from spectree.models import SecureType, SecuritySchemeData
-
-from mlapi.schemas import Problem
 
 
 class Limiter(flask_limiter.Limiter):
@@ -19,7 +15,7 @@ class Limiter(flask_limiter.Limiter):
     After its storage fails, flask-limiter 4.1 counts in memory (per worker) and re-checks
     the storage with an exponential back-off of up to 32 s, so limits stayed per-worker for
     half a minute after Redis was back. This overrides that private method (flask-limiter
-    is pinned, and tests/test_limits.py checks that the name still exists).
+    is pinned, and tests/unit/test_pinned_internals.py checks that the name still exists).
     """
 
     recheck_seconds = 2.0
@@ -38,20 +34,3 @@ jwt = JWTManager()
 cache = Cache()
 # Keys on the connecting address; ProxyFix rewrites it when proxies are trusted.
 limiter = Limiter(key_func=get_remote_address)
-spec = SpecTree(
-    "flask",
-    title="mlapi",
-    description="Machine learning predictions over HTTP, with JWT authentication.",
-    version="1.0.0",
-    path="docs",
-    security_schemes=[
-        # spectree 3.0 keeps a dict given as data unconverted, and /openapi.json then fails.
-        SecurityScheme(
-            name="bearer",
-            data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", bearer_format="JWT"),
-        )
-    ],
-    annotations=False,
-    naming_strategy=lambda model: model.__name__,
-    validation_error_model=Problem,
-)

@@ -10,7 +10,7 @@ class DeadlineConnection(psycopg.Connection):
     neither the statement timeout (the server's) nor TCP timeouts end the wait; this does.
     A connection given up on mid-answer cannot be reused: it is closed, and SQLAlchemy then
     discards it from the pool. ``_WaitTimeout`` is psycopg's private name (psycopg is pinned,
-    and tests/test_database.py checks it).
+    and tests/unit/test_pinned_internals.py checks it).
     """
 
     deadline = None

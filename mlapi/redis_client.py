@@ -5,14 +5,14 @@ their fallback (no cache, no active-user update), so an unreachable or paused Re
 request at most one socket timeout instead of one per call.
 
 Every Redis client of the app (this one, the limiter's, the cache's) is built with
-:func:`client_options`: a socket timeout on connect and on every read, and at most one
-immediate retry, only for a broken connection (a pooled socket that a Redis restart closed).
-redis-py's default would retry ten times with back-off, so a frozen Redis would cost a
-request seconds instead of one socket timeout.
+``config.redis_client_options``: a deadline on every socket call and no retries but one
+for a broken connection.
 """
 
 import logging
 import time
+
+from config import redis_client_options
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,6 @@ class Breaker:
             raise
 
 
-def client_options(config):
-    """redis-py keyword arguments: client-side deadlines and the retry policy above."""
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.retry import Retry
-
-    timeout = config["REDIS_SOCKET_TIMEOUT"]
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    }
-
-
 def init_app(app):
     url = app.config.get("REDIS_URL")
     if not url:
@@ -64,6 +50,6 @@ def init_app(app):
     import redis  # only with Redis configured: the embedded mode does without it
 
     app.extensions["mlapi.redis"] = redis.Redis.from_url(
-        url, health_check_interval=30, **client_options(app.config)
+        url, health_check_interval=30, **redis_client_options(app.config)
     )
     app.extensions["mlapi.redis_breaker"] = Breaker(app.config["REDIS_RETRY_SECONDS"])
