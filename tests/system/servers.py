@@ -391,8 +391,14 @@ class PostgresServer:
 
     def freeze(self):
         """SIGSTOP the postmaster and every backend: the kernel still accepts and
-        acknowledges packets, but nothing answers (a paused VM)."""
-        for proc in self._processes():
+        acknowledges packets, but nothing answers (a paused VM). The postmaster stops first,
+        so no backend forked meanwhile escapes."""
+        import psutil
+
+        postmaster = psutil.Process(self.process.pid)
+        postmaster.send_signal(signal.SIGSTOP)
+        time.sleep(0.1)
+        for proc in postmaster.children(recursive=True):
             proc.send_signal(signal.SIGSTOP)
 
     def thaw(self):
