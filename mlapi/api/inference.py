@@ -11,7 +11,7 @@ gets a 400 that says so. Inputs of any numeric datatype are read
 as the datatype says and converted to float64, which is what every model takes.
 """
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 from flask_jwt_extended import current_user, jwt_required
 from pydantic import ValidationError
 from spectree import Response
@@ -88,6 +88,7 @@ def server_ready():
     required = health.required_checks(app)
     failed = sorted(n for n, check in checks.items() if check["status"] != "ok" and n in required)
     if failed:
+        g.retry_after = 1  # kept by limits.strip_retry_after
         raise ProtocolError(f"Not ready: the {', '.join(failed)} check failed.", 503)
     return {"ready": True}, 200, {"Cache-Control": "no-store"}
 

@@ -60,7 +60,9 @@ def test_redis_can_be_required_for_readiness(make_app, required):
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert response.get_json()["status"] == "not ready"
-    assert app.test_client().get("/v2/health/ready").status_code == 503
+    protocol = app.test_client().get("/v2/health/ready")
+    assert protocol.status_code == 503
+    assert protocol.headers["Retry-After"] == "1"
 
 
 def test_models_can_be_left_out_of_readiness(make_app, tmp_path):

@@ -16,6 +16,7 @@ import uuid
 import pytest
 import requests
 
+from tests.helpers import metric
 from tests.system.servers import wait_until
 
 pytestmark = [pytest.mark.slow]
@@ -181,6 +182,10 @@ def test_redis_stopped_frozen_and_flapping_under_traffic(redis_stack, redis_serv
         status, body = readiness(server)
         assert status == 200 and body["status"] == "degraded", body
         assert body["checks"]["redis"]["status"] == "fail"
+        # The metrics say so too, checked by the scrape itself.
+        scraped = requests.get(server.url("/metrics"), timeout=10).text
+        assert metric(scraped, "readiness_status", status="degraded") == 1
+        assert 'readiness_check_ok{check="redis"} 0.0' in scraped
         redis_server.start()
         time.sleep(2)
         redis_server.freeze()
