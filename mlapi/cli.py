@@ -8,11 +8,33 @@ from flask import current_app, g
 from flask.cli import AppGroup, with_appcontext
 
 from mlapi import users
+from mlapi.database import UNAVAILABLE, ensure_schema, unavailable_reason
 from mlapi.predictions import registry
 from mlapi.serving.errors import ModelLoadError, PredictionError
 from mlapi.serving.loading import load_file
 
-users_cli = AppGroup("users", help="Manage API users.")
+
+class DatabaseCommands(AppGroup):
+    """Commands on the user database: a database that is down, locked or too slow is
+    reported in one sentence with exit status 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UNAVAILABLE as exc:
+            raise click.ClickException(
+                f"The user database is unavailable ({unavailable_reason(exc)}); "
+                "retry when it answers."
+            ) from None
+
+
+@click.group("users", cls=DatabaseCommands)
+@with_appcontext
+def users_cli():
+    """Manage API users."""
+    app = current_app._get_current_object()
+    if app.extensions.pop("mlapi.schema_pending", False):
+        ensure_schema(app)  # it failed when the app was loaded: try again, or report it
 
 
 def _fail(exc):

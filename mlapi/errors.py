@@ -8,6 +8,7 @@ Inference Protocol routes raise it, and it is rendered as that protocol's
 """
 
 import logging
+import math
 
 import sqlalchemy.exc
 from flask import current_app, g, json, request
@@ -22,8 +23,9 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+from mlapi.database import discard_session
 from mlapi.extensions import db
-from mlapi.serving.errors import ModelNotFound, PredictionError, error_item
+from mlapi.serving.errors import CacheUnavailable, ModelNotFound, PredictionError, error_item
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def handle_database_error(exc):
     log.error(
         "database unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__
     )
-    db.session.rollback()
+    discard_session()
     return problem_response(
         ServiceUnavailable("The user database is unavailable; retry shortly.", retry_after=1)
     )
@@ -142,6 +144,12 @@ def handle_protocol_error(exc):
         status=exc.code,
         mimetype="application/json",
     )
+
+
+def handle_cache_unavailable(exc):
+    """Redis failed where no fallback is honest (an invalidation): 503, retry shortly."""
+    retry = math.ceil(current_app.config["REDIS_RETRY_SECONDS"])
+    return problem_response(ServiceUnavailable(str(exc), retry_after=retry))
 
 
 def handle_data_error(exc):
@@ -179,4 +187,5 @@ def init_app(app):
     app.register_error_handler(ProtocolError, handle_protocol_error)
     app.register_error_handler(PredictionError, handle_prediction_error)
     app.register_error_handler(ModelNotFound, handle_model_not_found)
+    app.register_error_handler(CacheUnavailable, handle_cache_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

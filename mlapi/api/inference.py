@@ -11,7 +11,7 @@ gets a 400 that says so. Inputs of any numeric datatype are read
 as the datatype says and converted to float64, which is what every model takes.
 """
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 from flask_jwt_extended import current_user, jwt_required
 from pydantic import ValidationError
 from spectree import Response
@@ -82,10 +82,13 @@ def server_live():
 @limiter.exempt
 @documented(ServerReady, {"HTTP_503": ProtocolErrorBody})
 def server_ready():
-    """Server readiness: the checks of /health/ready; 503 when one of them fails."""
-    checks = health.run_checks(current_app._get_current_object())
-    failed = sorted(name for name, check in checks.items() if check["status"] != "ok")
+    """Server readiness: the checks of /health/ready; 503 when a required one fails."""
+    app = current_app._get_current_object()
+    checks = health.run_checks(app)
+    required = health.required_checks(app)
+    failed = sorted(n for n, check in checks.items() if check["status"] != "ok" and n in required)
     if failed:
+        g.retry_after = 1  # kept by limits.strip_retry_after
         raise ProtocolError(f"Not ready: the {', '.join(failed)} check failed.", 503)
     return {"ready": True}, 200, {"Cache-Control": "no-store"}
 

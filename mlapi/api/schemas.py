@@ -5,7 +5,7 @@ validates the body and documents it; the same models feed the OpenAPI document
 through spectree.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -94,7 +94,8 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str
+    status: Literal["ready", "degraded", "not ready"]
+    required: list[str]
     checks: dict[str, dict]
 
 

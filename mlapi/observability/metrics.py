@@ -54,12 +54,6 @@ RATE_LIMITED = Counter(
     "rate_limit_rejections_total", "Requests refused with 429, by route template.", ["endpoint"]
 )
 AUTH_FAILURES = Counter("auth_failures_total", "Authentication failures, by reason.", ["reason"])
-READINESS = Gauge(
-    "readiness_check_ok",
-    "1 if the readiness check passed on its latest probe, else 0.",
-    ["check"],
-    multiprocess_mode="livemostrecent",
-)
 
 _extra_collectors = []
 
@@ -76,11 +70,6 @@ def count_prediction(model, username, version="unversioned", rows=1):
     """Count ``rows`` predictions of ``model`` served through API ``version``."""
     user = username if current_app.config["METRICS_PER_USER"] else ""
     PREDICTIONS.labels(version, model.name, user).inc(rows)
-
-
-def record_readiness(results):
-    for name, result in results.items():
-        READINESS.labels(name).set(1 if result["status"] == "ok" else 0)
 
 
 def observe_model(model, seconds):

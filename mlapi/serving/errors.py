@@ -15,6 +15,10 @@ class PredictionError(Exception):
         self.errors = list(errors)
 
 
+class CacheUnavailable(Exception):
+    """The prediction cache's store failed where no fallback is honest (an invalidation)."""
+
+
 class ModelNotFound(KeyError):
     """No model of this name (or version) is loaded."""
 
