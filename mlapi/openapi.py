@@ -60,7 +60,7 @@ def finish(document):
             for response in operation.get("responses", {}).values():
                 content = response.get("content", {})
                 schema = content.get("application/json", {}).get("schema", {})
-                if schema.get("$ref", "").endswith("/Problem"):
+                if schema.get("$ref", "").endswith("Problem"):
                     content[PROBLEM_MIMETYPE] = content.pop("application/json")
             form = operation.get("requestBody", {}).get("content", {})
             if "multipart/form-data" in form:

@@ -4,7 +4,7 @@ Views call :func:`parse` to turn the request body into a validated model; the
 same models feed the OpenAPI document through spectree.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from flask import current_app, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
@@ -64,6 +64,13 @@ class Problem(BaseModel):
     errors: list[dict] | None = None
 
 
+class TokenProblem(Problem):
+    """A token endpoint error: a problem that also carries RFC 6749 §5.2's members."""
+
+    error: str
+    error_description: str
+
+
 class TokenResponse(BaseModel):
     access_token: str
     refresh_token: str | None = None
@@ -71,9 +78,13 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
-class LoginForm(BaseModel):
-    username: str
-    password: str
+class TokenForm(BaseModel):
+    """The OAuth2 token request: the password grant (the default) or the refresh grant."""
+
+    grant_type: Literal["password", "refresh_token"] = "password"
+    username: str | None = None
+    password: str | None = None
+    refresh_token: str | None = None
 
 
 class UserOut(BaseModel):

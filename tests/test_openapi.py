@@ -55,7 +55,7 @@ def test_errors_are_documented_as_problems(client):
                 (content_type,) = response["content"]
                 own_shape = path == "/health/ready" or path.startswith(("/v2/models", "/v2/health"))
                 if content_type == "application/problem+json":
-                    assert response["content"][content_type]["schema"]["$ref"].endswith("/Problem")
+                    assert response["content"][content_type]["schema"]["$ref"].endswith("Problem")
                 else:
                     assert own_shape and status in ("400", "404", "503"), (path, status)
 
