@@ -31,4 +31,6 @@ spec = SpecTree(
     annotations=False,
     naming_strategy=lambda model: model.__name__,
     validation_error_model=Problem,
+    # mlapi serves its own offline Swagger UI and ReDoc pages (mlapi.openapi).
+    page_templates={},
 )

@@ -224,6 +224,7 @@ def wait_past_expiry(token):
     time.sleep(max(0.0, token["expires_at"] - time.time()) + 1.1)
 
 
+@pytest.mark.slow
 def test_authlib_logs_in_and_refreshes_an_expired_token(server):
     """Authlib's OAuth2Session: password grant, then automatic refresh once the access
     token has expired; the refreshed token works and the session is still one session."""
@@ -253,6 +254,7 @@ def test_authlib_logs_in_and_refreshes_an_expired_token(server):
     assert raised.value.error == "invalid_grant"
 
 
+@pytest.mark.slow
 def test_authlib_wrong_password_raises_its_oauth_error(server):
     """A failed login raises Authlib's OAuthError; no error body is stored as a token."""
     session = AuthlibSession(token_endpoint=server.url("/token"))
@@ -263,6 +265,7 @@ def test_authlib_wrong_password_raises_its_oauth_error(server):
     assert not session.token
 
 
+@pytest.mark.slow
 def test_authlib_client_credentials_is_unsupported(server):
     session = AuthlibSession(token_endpoint=server.url("/token"))
     with pytest.raises(OAuthError) as raised:
@@ -282,6 +285,7 @@ def insecure_transport(monkeypatch):
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
 
 
+@pytest.mark.slow
 def test_requests_oauthlib_logs_in_and_refreshes_an_expired_token(server, insecure_transport):
     """requests-oauthlib's LegacyApplicationClient (the password grant) with auto-refresh."""
     updates = []
@@ -301,6 +305,7 @@ def test_requests_oauthlib_logs_in_and_refreshes_an_expired_token(server, insecu
     assert updates[0]["access_token"] != token["access_token"]
 
 
+@pytest.mark.slow
 def test_requests_oauthlib_wrong_password_raises_invalid_grant(server, insecure_transport):
     session = OAuthlibSession(client=LegacyApplicationClient(client_id="mlapi-cli"))
     with pytest.raises(InvalidGrantError) as raised:
@@ -309,6 +314,7 @@ def test_requests_oauthlib_wrong_password_raises_invalid_grant(server, insecure_
     assert not session.token
 
 
+@pytest.mark.slow
 def test_requests_oauthlib_client_credentials_is_unsupported(server, insecure_transport):
     """client_credentials with a username and password is refused, not a login."""
     session = OAuthlibSession(client=BackendApplicationClient(client_id="mlapi-cli"))
