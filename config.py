@@ -1,10 +1,30 @@
-"""mlapi configuration.
+"""mlapi configuration: the one place that reads settings.
 
 Defaults live in these classes; every key can be overridden by an environment
 variable of the same name prefixed with ``MLAPI_`` (``MLAPI_PREDICT_RATE_LIMIT``
 sets ``PREDICT_RATE_LIMIT``). Values are parsed as JSON when they parse, so
 ``MLAPI_MAX_FEATURES=500`` is an int and ``MLAPI_METRICS_PER_USER=true`` a bool.
+
+:func:`configure` applies them to an app, checks them, loads the secret, and derives
+the settings of the libraries (``SQLALCHEMY_*``, ``JWT_*``, ``RATELIMIT_*``,
+``CACHE_*``) from them; a library key set explicitly wins over the derived one.
 """
+
+import os
+import secrets
+from datetime import timedelta
+
+import sqlalchemy as sa
+from limits import parse_many
+
+MIN_SECRET_BYTES = 32
+LIMIT_KEYS = (
+    "PREDICT_RATE_LIMIT",
+    "PUBLIC_RATE_LIMIT",
+    "PREDICT_LIMITED_RATE_LIMIT",
+    "CUSTOM_RATE_LIMIT",
+    "LOGIN_RATE_LIMIT",
+)
 
 
 class Config:
@@ -69,3 +89,161 @@ class TestingConfig(Config):
     DATABASE_URL = "sqlite://"
     # Cheap hashes keep the suite fast; tests of the scrypt default set it back.
     PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
+
+
+class ConfigurationError(RuntimeError):
+    """The configuration is unsafe or incomplete; the service refuses to start."""
+
+
+def instance_path():
+    """The instance folder given by MLAPI_INSTANCE_PATH, or None for Flask's default."""
+    return os.environ.get("MLAPI_INSTANCE_PATH")
+
+
+def configure(app, overrides=None):
+    """Defaults, then ``MLAPI_*`` environment variables, then ``overrides`` (a dict or an
+    object with upper-case attributes); then checks, the secret and the library keys."""
+    config = app.config
+    config.from_object(Config)
+    config.from_prefixed_env("MLAPI")
+    if isinstance(overrides, dict):
+        config.from_mapping(overrides)
+    elif overrides is not None:
+        config.from_object(overrides)
+    check_limits(config)
+    config["SECRET_KEY"] = load_secret(app)
+    config.setdefault("SERVICE_NAME", "mlapi")
+    database_settings(config, app.instance_path)
+    token_settings(config)
+    limiter_settings(config)
+    cache_settings(config)
+
+
+# --- the secret ----------------------------------------------------------------------
+
+
+def load_secret(app):
+    """Return the secret for signing tokens, per the rules of the running mode."""
+    secret = app.config.get("SECRET_KEY")
+    if app.config["ENV"] == "production":
+        if not secret or len(str(secret).encode()) < MIN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"MLAPI_SECRET_KEY must be set to at least {MIN_SECRET_BYTES} bytes when "
+                "MLAPI_ENV=production (generate one with: python -c "
+                "'import secrets; print(secrets.token_urlsafe(48))')."
+            )
+        return str(secret)
+    if secret:
+        return str(secret)
+    return instance_secret(app.instance_path)
+
+
+def instance_secret(folder):
+    """Read the generated secret, creating it (mode 0600) if no process has yet.
+
+    The file is written under a temporary name and linked into place, so
+    concurrent workers agree on one secret and none reads a partial file.
+    """
+    path = os.path.join(folder, "secret_key")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+# --- checks and derived library settings ---------------------------------------------
+
+
+def check_limits(config):
+    """Refuse to start with a limit string flask-limiter would silently skip at request time."""
+    for key in LIMIT_KEYS:
+        try:
+            parse_many(config[key])
+        except ValueError:
+            raise ValueError(
+                f"MLAPI_{key}={config[key]!r} is not a rate limit like '10/minute'"
+            ) from None
+
+
+def redis_socket_options(config):
+    timeout = config["REDIS_SOCKET_TIMEOUT"]
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+
+
+def database_url(config, folder):
+    url = config.get("DATABASE_URL")
+    if url:
+        return url.replace("postgres://", "postgresql://", 1)
+    return "sqlite:///" + os.path.join(folder, "mlapi.db")
+
+
+def engine_options(url):
+    backend = sa.engine.make_url(url).get_backend_name()
+    if backend == "postgresql":
+        return {
+            "pool_pre_ping": True,
+            "connect_args": {
+                "connect_timeout": 2,
+                "options": "-c statement_timeout=5000 -c lock_timeout=2000",
+            },
+        }
+    if backend == "sqlite":
+        # A locked database answers 503 after this many seconds instead of hanging.
+        return {"connect_args": {"timeout": 2}}
+    return {"pool_pre_ping": True}
+
+
+def database_settings(config, folder):
+    url = database_url(config, folder)
+    config["SQLALCHEMY_DATABASE_URI"] = url
+    config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
+
+
+def access_token_seconds(config):
+    """The access token lifetime in whole seconds (MLAPI_ACCESS_TOKEN_MINUTES may be fractional)."""
+    return max(1, round(config["ACCESS_TOKEN_MINUTES"] * 60))
+
+
+def token_settings(config):
+    config.setdefault("JWT_SECRET_KEY", config["SECRET_KEY"])
+    config["JWT_ALGORITHM"] = "HS256"
+    config["JWT_DECODE_ALGORITHMS"] = ["HS256"]
+    config["JWT_TOKEN_LOCATION"] = ["headers"]
+    # No cookies, so no CSRF claim: a shorter token is cheaper to parse on every request.
+    config["JWT_COOKIE_CSRF_PROTECT"] = False
+    config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", timedelta(seconds=access_token_seconds(config)))
+    config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", config["REFRESH_TOKEN_DAYS"] * 86400)
+
+
+def limiter_settings(config):
+    config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    config.setdefault("RATELIMIT_STRATEGY", config["RATE_LIMIT_STRATEGY"])
+    config.setdefault("RATELIMIT_KEY_PREFIX", config["REDIS_KEY_PREFIX"].rstrip(":"))
+    if config.get("REDIS_URL"):
+        config.setdefault("RATELIMIT_STORAGE_URI", config["REDIS_URL"])
+        config.setdefault("RATELIMIT_STORAGE_OPTIONS", redis_socket_options(config))
+        config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    else:
+        config.setdefault("RATELIMIT_STORAGE_URI", "memory://")
+
+
+def cache_settings(config):
+    config.setdefault("CACHE_DEFAULT_TIMEOUT", config["CACHE_TIMEOUT"])
+    if config.get("REDIS_URL"):
+        config.setdefault("CACHE_TYPE", "mlapi.predictions.JSONRedisCache")
+        config.setdefault("CACHE_REDIS_URL", config["REDIS_URL"])
+        config.setdefault("CACHE_KEY_PREFIX", config["REDIS_KEY_PREFIX"] + "cache:")
+        config.setdefault("CACHE_OPTIONS", redis_socket_options(config))
+    else:
+        config.setdefault("CACHE_TYPE", "SimpleCache")
+        config.setdefault("CACHE_THRESHOLD", 10_000)

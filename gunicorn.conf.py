@@ -47,7 +47,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 control_socket_disable = True
 
 # JSON logs on stdout: gunicorn's error log and one access line per request.
-logger_class = "mlapi.gunicorn_logging.JsonLogger"
+logger_class = "mlapi.observability.gunicorn.JsonLogger"
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("MLAPI_LOG_LEVEL", "info").lower()

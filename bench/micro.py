@@ -181,16 +181,16 @@ def main():
         results["flask-limiter before_request (exempt /health/live)"] = timeit(hook)
 
     # -- metrics (multiprocess mode) --
-    from mlapi import observability as obs
+    from mlapi.observability import logs, metrics
 
     results["REQUESTS.labels(...).inc() + REQUEST_LATENCY.labels(...).observe()"] = timeit(
         lambda: (
-            obs.REQUESTS.labels("POST", "/v1/predict", "200").inc(),
-            obs.REQUEST_LATENCY.labels("POST", "/v1/predict").observe(0.001),
+            metrics.REQUESTS.labels("POST", "/v1/predict", "200").inc(),
+            metrics.REQUEST_LATENCY.labels("POST", "/v1/predict").observe(0.001),
         )
     )
-    counter = obs.REQUESTS.labels("POST", "/v1/predict", "200")
-    histogram = obs.REQUEST_LATENCY.labels("POST", "/v1/predict")
+    counter = metrics.REQUESTS.labels("POST", "/v1/predict", "200")
+    histogram = metrics.REQUEST_LATENCY.labels("POST", "/v1/predict")
     results["same with pre-bound label children"] = timeit(
         lambda: (counter.inc(), histogram.observe(0.001))
     )
@@ -198,7 +198,7 @@ def main():
     # -- JSON access log line (gunicorn JsonLogger formatter) --
     devnull = open(os.devnull, "w")  # noqa: SIM115 - process lifetime
     handler = logging.StreamHandler(devnull)
-    handler.setFormatter(obs.json_formatter())
+    handler.setFormatter(logs.json_formatter())
     access = logging.getLogger("micro.access")
     access.propagate = False
     access.addHandler(handler)

@@ -44,23 +44,27 @@ TARGETS = [
 # innermost WEAK rule (the server and framework around everything).
 # (component, path regex, function regex or None); a frame is "function (path:line)".
 OWNER = [
-    ("JSON (body parse, response serialize)", r"flask/json/|mlapi/strict_json\.py", None),
+    ("JSON (body parse, response serialize)", r"flask/json/|mlapi/api/strict_json\.py", None),
     ("JSON (body parse, response serialize)", r"werkzeug/wrappers/request\.py", r"get_json"),
     ("JWT: PyJWT segment parsing (_load)", r"(^|/)jwt/api_jws\.py", r"_load|_decode_base64url"),
     ("JWT: PyJWT decode/verify (rest)", r"(^|/)jwt/|(^|/)hmac\.py", None),
     ("JWT: flask-jwt-extended glue", r"flask_jwt_extended/", None),
-    ("active-user tracking", r"mlapi/observability\.py", r"ActiveUsers"),
+    ("active-user tracking", r"mlapi/observability/active_users\.py", r"ActiveUsers"),
     ("user lookup (SQL SELECT per request)", r"mlapi/users\.py", None),
     ("user lookup (SQL SELECT per request)", r"mlapi/auth\.py", r"load_user"),
     ("rate limiter (flask-limiter + storage)", r"flask_limiter/|(^|/)limits/", None),
     ("rate limiter (flask-limiter + storage)", r"mlapi/limits\.py", None),
     ("spectree wrapper", r"spectree/", None),
-    ("request validation (pydantic)", r"mlapi/schemas\.py|pydantic", None),
-    ("model (numpy)", r"mlapi/models\.py|numpy/", None),
-    ("prediction cache", r"flask_caching/|cachelib/|mlapi/caching\.py", None),
+    ("request validation (pydantic)", r"mlapi/api/(schemas|bodies)\.py|pydantic", None),
+    ("model (numpy)", r"mlapi/serving/(models|registry|codec)\.py|numpy/", None),
+    (
+        "prediction cache",
+        r"flask_caching/|cachelib/|mlapi/predictions\.py|mlapi/serving/cache\.py",
+        None,
+    ),
     ("metrics + request id (prometheus)", r"prometheus_client/|prometheus_flask_exporter/", None),
-    ("metrics + request id (prometheus)", r"mlapi/observability\.py", None),
-    ("logging (JSON access log)", r"pythonjsonlogger/|mlapi/gunicorn_logging\.py", None),
+    ("metrics + request id (prometheus)", r"mlapi/observability/(metrics|hooks)\.py", None),
+    ("logging (JSON access log)", r"pythonjsonlogger/|mlapi/observability/gunicorn\.py", None),
     ("views (mlapi/api)", r"mlapi/api/", None),
     ("error handling", r"mlapi/errors\.py", None),
 ]
@@ -105,10 +109,10 @@ INCLUSIVE = [
     ),
     (
         "observability hooks (start/finish/end_request)",
-        r"mlapi/observability\.py",
+        r"mlapi/observability/",
         r"start_request|finish_request|end_request",
     ),
-    ("gunicorn access log (JsonLogger.access)", r"mlapi/gunicorn_logging\.py", r"access"),
+    ("gunicorn access log (JsonLogger.access)", r"mlapi/observability/gunicorn\.py", r"access"),
     (
         "Flask wsgi_app (whole request in the app)",
         r"flask/app\.py",

@@ -1,73 +1,61 @@
 """mlapi: machine learning predictions over HTTP."""
 
-import logging
 import os
 
 from flask import Flask
 from flask.sessions import SessionInterface
 
-from config import Config
+import config
+from mlapi import (
+    api,
+    auth,
+    cli,
+    database,
+    errors,
+    limits,
+    observability,
+    predictions,
+    redis_client,
+)
+from mlapi.api import strict_json
 
-log = logging.getLogger(__name__)
 
+def create_app(overrides=None, instance_path=None):
+    """Build the application, in this order.
 
-def create_app(config=None, instance_path=None):
-    """Build the application: configuration, extensions, blueprints, error handlers, CLI.
-
-    ``config`` (a dict or an object with upper-case attributes) is applied last,
+    ``overrides`` (a dict or an object with upper-case attributes) is applied last,
     over config.py's defaults and the ``MLAPI_*`` environment.
     """
-    instance_path = instance_path or os.environ.get("MLAPI_INSTANCE_PATH")
+    instance_path = instance_path or config.instance_path()
     app = Flask(__name__, instance_path=instance_path and os.path.abspath(instance_path))
-    configure(app, config)
-
-    from mlapi import (
-        api,
-        auth,
-        caching,
-        cli,
-        database,
-        errors,
-        health,
-        limits,
-        models,
-        observability,
-        openapi,
-        redis_client,
-        strict_json,
-    )
-
-    app.json = strict_json.StrictJSONProvider(app)
-    app.request_class = strict_json.StrictRequest
-    # A token API has no cookie session: skip building one on every request.
-    app.session_interface = NoSessions()
+    # Settings: defaults, environment, overrides; checked; the secret; library keys.
+    config.configure(app, overrides)
+    # Strict JSON in and out, and no cookie session.
+    use_strict_json(app)
+    # Shared Redis (when configured), logs, metrics and request hooks.
     redis_client.init_app(app)
     observability.init_app(app)
+    # One JSON error shape for every error.
     errors.init_app(app)
+    # Users and revocations in SQL, migrated on start.
     database.init_app(app)
-    models.init_app(app)
+    # The model registry and the prediction cache.
+    predictions.init_app(app)
+    # Rate limits, then token verification.
     limits.init_app(app)
-    caching.init_app(app)
     auth.init_app(app)
+    # Every blueprint and the OpenAPI document.
     api.init_app(app)
-    app.register_blueprint(health.bp)
-    openapi.init_app(app)
+    # flask users / db / models commands.
     cli.init_app(app)
     return app
 
 
-def configure(app, config):
-    """Defaults from config.py, then ``MLAPI_*`` environment variables, then ``config``."""
-    from mlapi.secrets import load_secret
-
-    app.config.from_object(Config)
-    app.config.from_prefixed_env("MLAPI")
-    if isinstance(config, dict):
-        app.config.from_mapping(config)
-    elif config is not None:
-        app.config.from_object(config)
-    app.config["SECRET_KEY"] = load_secret(app)
-    app.config.setdefault("SERVICE_NAME", "mlapi")
+def use_strict_json(app):
+    app.json = strict_json.StrictJSONProvider(app)
+    app.request_class = strict_json.StrictRequest
+    # A token API has no cookie session: skip building one on every request.
+    app.session_interface = NoSessions()
 
 
 class NoSessions(SessionInterface):

@@ -5,9 +5,10 @@ import numpy as np
 from flask import current_app, g
 from flask.cli import AppGroup, with_appcontext
 
-from mlapi import models, users
-from mlapi.errors import ValidationProblem
-from mlapi.extensions import db
+from mlapi import users
+from mlapi.predictions import registry
+from mlapi.serving.errors import ModelLoadError, PredictionError
+from mlapi.serving.loading import load_file
 
 users_cli = AppGroup("users", help="Manage API users.")
 
@@ -38,7 +39,7 @@ def create_user(username, email, admin, password):
 @users_cli.command("list")
 def list_users():
     """List users: name, role, state and email."""
-    rows = db.session.scalars(db.select(users.User).order_by(users.User.username)).all()
+    rows = users.all_users()
     if not rows:
         click.echo("No users yet. Create one with: flask --app wsgi users create NAME")
         return
@@ -50,13 +51,9 @@ def list_users():
 
 def _set_disabled(username, disabled):
     try:
-        user = users.get(username)
+        users.set_disabled(username, disabled)
     except users.UserError as exc:
         _fail(exc)
-    user.disabled = disabled
-    if disabled:
-        user.revoke_tokens()  # re-enabling later does not bring old tokens back
-    db.session.commit()
     click.echo(f"{'Disabled' if disabled else 'Enabled'} {username!r}.")
 
 
@@ -80,13 +77,12 @@ def enable_user(username):
 def delete_user(username, yes):
     """Delete a user; their tokens stop working at once."""
     try:
-        user = users.get(username)
+        users.get(username)
     except users.UserError as exc:
         _fail(exc)
     if not yes:
         click.confirm(f"Delete user {username!r}?", abort=True)
-    db.session.delete(user)
-    db.session.commit()
+    users.delete(username)
     click.echo(f"Deleted {username!r}.")
 
 
@@ -96,14 +92,12 @@ def delete_user(username, yes):
 def set_password(username, password):
     """Set a user's password; the user's existing tokens stop working."""
     try:
-        user = users.get(username)
+        users.get(username)
         if password is None:
             password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
-        user.set_password(password)
-        user.revoke_tokens()  # sessions opened with the old password end everywhere
+        users.change_password(username, password)
     except users.UserError as exc:
         _fail(exc)
-    db.session.commit()
     click.echo(f"Password changed for {username!r}.")
 
 
@@ -143,11 +137,11 @@ models_cli = AppGroup("models", help="Inspect prediction models and check model 
 @models_cli.command("list")
 def list_models():
     """List models: name, version, declared inputs, and readiness."""
-    registry = models.registry()
+    models = registry()
     rows = [
-        registry.get(name, version)
-        for name in sorted({model.name for model in registry})
-        for version in registry.versions(name)
+        models.get(name, version)
+        for name in sorted({model.name for model in models})
+        for version in models.versions(name)
     ]
     name_width = max(len("NAME"), *(len(m.name) for m in rows))
     version_width = max(len("VERSION"), *(len(m.version) for m in rows))
@@ -165,12 +159,12 @@ def list_models():
 def check_model(path):
     """Load the model file PATH and run one prediction on zeros."""
     try:
-        model = models.load_file(path, current_app.config["MAX_FEATURES"])
+        model = load_file(path, current_app.config["MAX_FEATURES"])
         value = model.predict(np.zeros((1, model.n_features or 1)))[0]
-    except models.ModelLoadError as exc:
+    except ModelLoadError as exc:
         _fail(exc)
-    except ValidationProblem as exc:
-        _fail(f"{path}: {exc.description}")
+    except PredictionError as exc:
+        _fail(f"{path}: {exc.detail}")
     click.echo(f"{path}: {model.kind} model {model.name}:{model.version}")
     click.echo(f"  input  {model.input_tensor.describe()}")
     click.echo(f"  output {model.output_tensor.describe()}")

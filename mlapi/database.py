@@ -1,4 +1,4 @@
-"""The SQL database: engine settings and the schema, migrated on first use.
+"""The SQL database: the schema, migrated on first use (config.py sets up the engine).
 
 The schema is managed by Alembic (Flask-Migrate). Every process that starts
 checks the database's revision against the newest migration; if they differ it
@@ -23,29 +23,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 # pg_advisory_lock key: any constant shared by every mlapi process.
 SCHEMA_LOCK_KEY = 7_266_241_001
-
-
-def database_url(app):
-    url = app.config.get("DATABASE_URL")
-    if url:
-        return url.replace("postgres://", "postgresql://", 1)
-    return "sqlite:///" + os.path.join(app.instance_path, "mlapi.db")
-
-
-def engine_options(url):
-    backend = sa.engine.make_url(url).get_backend_name()
-    if backend == "postgresql":
-        return {
-            "pool_pre_ping": True,
-            "connect_args": {
-                "connect_timeout": 2,
-                "options": "-c statement_timeout=5000 -c lock_timeout=2000",
-            },
-        }
-    if backend == "sqlite":
-        # A locked database answers 503 after this many seconds instead of hanging.
-        return {"connect_args": {"timeout": 2}}
-    return {"pool_pre_ping": True}
 
 
 @contextlib.contextmanager
@@ -116,10 +93,8 @@ def ensure_schema(app):
 
 
 def init_app(app):
+    """Bind the database (config.py derived its SQLALCHEMY_* settings) and migrate it."""
     os.makedirs(app.instance_path, exist_ok=True)
-    url = database_url(app)
-    app.config["SQLALCHEMY_DATABASE_URI"] = url
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
     db.init_app(app)
     if app.config.get("AUTO_MIGRATE", True):
         ensure_schema(app)

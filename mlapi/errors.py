@@ -1,9 +1,10 @@
 """One error shape for the whole API: RFC 9457 problem details.
 
-Code anywhere raises (``abort``, werkzeug exceptions, the problems below); the
-handlers registered here turn every error into ``application/problem+json``,
-except :class:`ProtocolError`: the Open Inference Protocol routes raise it, and
-it is rendered as that protocol's ``{"error": "..."}``.
+Code anywhere raises (``abort``, werkzeug exceptions, the problems below, the
+serving errors of mlapi/serving/errors.py); the handlers registered here turn every
+error into ``application/problem+json``, except :class:`ProtocolError`: the Open
+Inference Protocol routes raise it, and it is rendered as that protocol's
+``{"error": "..."}``.
 """
 
 import logging
@@ -19,6 +20,9 @@ from werkzeug.exceptions import (
     Unauthorized,
     UnprocessableEntity,
 )
+
+from mlapi.extensions import db
+from mlapi.serving.errors import PredictionError, error_item
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,27 @@ def pointer(loc):
     return "/" + "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in loc)
 
 
+def from_pydantic(exc):
+    """A pydantic ValidationError as ``{pointer, detail, type}`` error items."""
+    return [
+        error_item(pointer(err["loc"]), err["msg"], err["type"])
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def summary(errors, count):
+    """One sentence naming the first error item and how many more there are."""
+    first = errors[0]
+    where = f"at {first['pointer']}" if first["pointer"] != "/" else "in the body"
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return f"Invalid request body {where}: {first['detail']}{more}."
+
+
+def invalid(errors):
+    """A 422 problem for these error items, summarised by the first one."""
+    return ValidationProblem(summary(errors, len(errors)), errors[:100])
+
+
 def problem_response(exc):
     """Render an HTTPException as a problem+json response, keeping its headers."""
     status = exc.code or 500
@@ -114,8 +139,6 @@ def handle_http_exception(exc):
 
 def handle_database_error(exc):
     """The database is down, locked or timing out: a fast 503, never a 401 or a 500."""
-    from mlapi.extensions import db  # extensions imports this module (through schemas)
-
     log.error(
         "database unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__
     )
@@ -135,10 +158,17 @@ def handle_protocol_error(exc):
 
 def handle_data_error(exc):
     """A value the database refuses (e.g. a NUL character): the client's input, a 400."""
-    from mlapi.extensions import db  # extensions imports this module (through schemas)
-
     db.session.rollback()
     return problem_response(BadRequest("The request contains a value that cannot be stored."))
+
+
+def validation_problem(exc):
+    """The 422 problem for a PredictionError: the model cannot use the client's input."""
+    return ValidationProblem(exc.detail, exc.errors)
+
+
+def handle_prediction_error(exc):
+    return problem_response(validation_problem(exc))
 
 
 def handle_unexpected(exc):
@@ -155,4 +185,5 @@ def init_app(app):
     app.register_error_handler(sqlalchemy.exc.TimeoutError, handle_database_error)
     app.register_error_handler(sqlalchemy.exc.DataError, handle_data_error)
     app.register_error_handler(ProtocolError, handle_protocol_error)
+    app.register_error_handler(PredictionError, handle_prediction_error)
     app.register_error_handler(Exception, handle_unexpected)

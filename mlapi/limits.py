@@ -10,19 +10,10 @@ import time
 
 from flask import current_app, g, request
 from flask_jwt_extended import get_jwt_identity
-from limits import parse, parse_many
+from limits import parse
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mlapi.extensions import limiter
-from mlapi.schemas import batch_cost
-
-LIMIT_KEYS = (
-    "PREDICT_RATE_LIMIT",
-    "PUBLIC_RATE_LIMIT",
-    "PREDICT_LIMITED_RATE_LIMIT",
-    "CUSTOM_RATE_LIMIT",
-    "LOGIN_RATE_LIMIT",
-)
 
 
 def by_address():
@@ -49,13 +40,6 @@ def remaining(key):
     return 0
 
 
-# Every authenticated prediction endpoint shares one per-user budget. A batch costs
-# one request, or its number of rows when MLAPI_BATCH_COUNTS_ROWS is true.
-per_user_predictions = limiter.shared_limit(
-    config_limit("PREDICT_RATE_LIMIT"), scope="predictions", key_func=by_user, cost=batch_cost
-)
-
-
 def strip_retry_after(response):
     """flask-limiter sets Retry-After on every limited response; only a 429's is the limiter's.
 
@@ -66,17 +50,6 @@ def strip_retry_after(response):
         if g.get("retry_after"):
             response.headers["Retry-After"] = str(g.retry_after)
     return response
-
-
-def check_limits(config):
-    """Refuse to start with a limit string flask-limiter would silently skip at request time."""
-    for key in LIMIT_KEYS:
-        try:
-            parse_many(config[key])
-        except ValueError:
-            raise ValueError(
-                f"MLAPI_{key}={config[key]!r} is not a rate limit like '10/minute'"
-            ) from None
 
 
 def add_ietf_headers(response):
@@ -94,23 +67,9 @@ def add_ietf_headers(response):
 
 def init_app(app):
     config = app.config
-    check_limits(config)
     hops = int(config["TRUSTED_PROXIES"])
     if hops > 0:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
-    config.setdefault("RATELIMIT_STRATEGY", config["RATE_LIMIT_STRATEGY"])
-    config.setdefault("RATELIMIT_KEY_PREFIX", config["REDIS_KEY_PREFIX"].rstrip(":"))
-    if config.get("REDIS_URL"):
-        timeout = config["REDIS_SOCKET_TIMEOUT"]
-        config.setdefault("RATELIMIT_STORAGE_URI", config["REDIS_URL"])
-        config.setdefault(
-            "RATELIMIT_STORAGE_OPTIONS",
-            {"socket_timeout": timeout, "socket_connect_timeout": timeout},
-        )
-        config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
-    else:
-        config.setdefault("RATELIMIT_STORAGE_URI", "memory://")
     # after_request hooks run last-registered first: this one runs after the limiter's.
     app.after_request(strip_retry_after)
     limiter.init_app(app)

@@ -101,6 +101,37 @@ def create(username, password, email=None, role="user"):
     return user
 
 
+def all_users():
+    """Every user, by name."""
+    return db.session.scalars(sa.select(User).order_by(User.username)).all()
+
+
+def set_disabled(username, disabled):
+    """Disable or enable a user; disabling ends their sessions, and enabling later does
+    not bring the old tokens back."""
+    user = get(username)
+    user.disabled = disabled
+    if disabled:
+        user.revoke_tokens()
+    db.session.commit()
+    return user
+
+
+def change_password(username, password):
+    """Set a user's password; sessions opened with the old one end everywhere."""
+    user = get(username)
+    user.set_password(password)
+    user.revoke_tokens()
+    db.session.commit()
+    return user
+
+
+def delete(username):
+    """Delete a user; their tokens stop working at once (the user is gone)."""
+    db.session.delete(get(username))
+    db.session.commit()
+
+
 def authenticate(username, password):
     """The enabled user with these credentials, or None. Takes the same time either way."""
     user = find(username) if valid_username(username) else None

@@ -5,50 +5,15 @@ fixtures: they skip with a reason when the server is unreachable, except under
 ``CI=true``, where a missing service fails the test.
 """
 
-import os
-import socket
 import uuid
-from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
 
 from config import TestingConfig
-from mlapi import create_app
+from mlapi import create_app, users
 from mlapi.extensions import db
-
-REDIS_URL = os.environ.get("MLAPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "MLAPI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-PASSWORD = "correct-horse-battery"
-# A model file's content, as tests write it into MLAPI_MODEL_DIR.
-LINEAR = {
-    "name": "price",
-    "version": "1",
-    "kind": "linear",
-    "weights": [2.0, -0.5, 0.25],
-    "bias": 1.5,
-    "feature_names": ["rooms", "age", "area"],
-}
-
-
-def reachable(url):
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname, parts.port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def require_service(name, url):
-    if reachable(url):
-        return url
-    message = f"{name} is not reachable at {url}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}; under CI=true this is a failure, not a skip")
-    pytest.skip(message)
+from tests.helpers import PASSWORD, POSTGRES_URL, REDIS_URL, require_service
 
 
 @pytest.fixture
@@ -135,7 +100,6 @@ def runner(app):
 @pytest.fixture
 def make_user(app):
     """Create a user directly in the database; returns the username."""
-    from mlapi import users
 
     def factory(username="alice", password=PASSWORD, role="user", email=None):
         with app.app_context():
@@ -169,61 +133,3 @@ def admin_auth(make_user, login):
     """Bearer headers for an admin called root."""
     make_user("root", role="admin")
     return login("root")
-
-
-def client_for(app, username="alice", password=PASSWORD):
-    """A test client of ``app`` and bearer headers for a new user of it."""
-    from mlapi import users
-
-    with app.app_context():
-        users.create(username, password)
-    client = app.test_client()
-    token = client.post("/token", data={"username": username, "password": password})
-    return client, {"Authorization": f"Bearer {token.get_json()['access_token']}"}
-
-
-def assert_problem(response, status):
-    """The response is an RFC 9457 problem with this status; returns its body."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    assert "type" in body
-    assert "Traceback" not in response.get_data(as_text=True)
-    return body
-
-
-@pytest.fixture
-def servers(tmp_path):
-    """Start mlapi under real gunicorn processes; every one is stopped at the end."""
-    from tests.servers import Gunicorn
-
-    started = []
-
-    def start(env=None, name=None, create=True):
-        server = Gunicorn(tmp_path, env=env, name=name or f"mlapi-{len(started)}")
-        started.append(server)
-        return server.start() if create else server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    """A private redis-server this test may stop, restart or pause."""
-    import shutil
-
-    from tests.servers import RedisServer
-
-    if shutil.which("redis-server") is None:
-        message = "redis-server is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; under CI=true this is a failure, not a skip")
-        pytest.skip(message)
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()

@@ -1,11 +1,24 @@
-"""The HTTP API: the tutorial's root endpoints, the v1 and v2 blueprints, and the
-Open Inference Protocol routes under /v2."""
+"""The HTTP API: every blueprint, registered here, and the OpenAPI document.
 
-from mlapi.api import inference, root, v1, v2
+Views are split by resource: tokens (login and sessions), health (probes), predict
+(the tutorial's unversioned endpoints), v1 and v2 (versioned predictions), inference
+(the Open Inference Protocol under /v2), docs (/openapi.json and /docs).
+"""
+
+from mlapi.api import docs, health, inference, predict, tokens, v1, v2
+
+BLUEPRINTS = (
+    tokens.bp,
+    predict.bp,
+    v1.bp,
+    v2.bp,
+    inference.bp,
+    health.bp,
+    docs.bp,
+)
 
 
 def init_app(app):
-    app.register_blueprint(root.bp)
-    app.register_blueprint(v1.bp)
-    app.register_blueprint(v2.bp)
-    app.register_blueprint(inference.bp)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    docs.spec.register(app)

@@ -11,20 +11,16 @@ gets a 400 that says so. Inputs of any numeric datatype are read
 as the datatype says and converted to float64, which is what every model takes.
 """
 
-import numpy as np
 from flask import Blueprint, current_app, request
 from flask_jwt_extended import current_user, jwt_required
 from pydantic import ValidationError
 from spectree import Response
 from werkzeug.exceptions import HTTPException
 
-from mlapi import health, models
-from mlapi.errors import ProtocolError, ValidationProblem, pointer
-from mlapi.extensions import limiter, spec
-from mlapi.limits import per_user_predictions
-from mlapi.observability import count_prediction
-from mlapi.openapi import describe
-from mlapi.schemas import (
+from mlapi.api import health
+from mlapi.api.decorators import per_user_predictions
+from mlapi.api.docs import describe, spec
+from mlapi.api.schemas import (
     InferRequest,
     InferResponse,
     ModelMetadata,
@@ -34,24 +30,17 @@ from mlapi.schemas import (
     ServerLive,
     ServerMetadata,
     ServerReady,
-    summary,
 )
+from mlapi.errors import ProtocolError, from_pydantic, summary
+from mlapi.extensions import limiter
+from mlapi.observability.metrics import count_prediction
+from mlapi.predictions import registry
+from mlapi.serving import codec
+from mlapi.serving.errors import ModelNotFound, PredictionError, TensorError
 
 bp = Blueprint("inference", __name__, url_prefix="/v2")
 
 PLATFORM = "numpy"
-DATATYPES = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-}
 BINARY_REFUSED = (
     "Binary tensor data is not supported: send the tensor's data as JSON "
     "(with tritonclient, set_data_from_numpy(array, binary_data=False))."
@@ -121,7 +110,7 @@ def model_metadata(name, version=None):
     model = find_model(name, version)
     return {
         "name": model.name,
-        "versions": models.registry().versions(name),
+        "versions": registry().versions(name),
         "platform": PLATFORM,
         "inputs": [model.input_tensor.metadata()],
         "outputs": [model.output_tensor.metadata()],
@@ -148,15 +137,15 @@ def infer(name, version=None):
 
 def find_model(name, version=None):
     """The model ``name`` at ``version`` (default: its highest); a 404 if there is none."""
-    registry = models.registry()
+    models = registry()
     try:
-        versions = registry.versions(name)
-    except KeyError:
+        versions = models.versions(name)
+    except ModelNotFound:
         raise ProtocolError(f"Model {name!r} is not loaded.", 404) from None
     if version is not None and version not in versions:
         loaded = ", ".join(versions)
         raise ProtocolError(f"Model {name!r} has no version {version!r} (loaded: {loaded}).", 404)
-    return registry.get(name, version)
+    return models.get(name, version)
 
 
 def parse_request():
@@ -170,10 +159,7 @@ def parse_request():
     try:
         return InferRequest.model_validate(body)
     except ValidationError as exc:
-        errors = [
-            {"pointer": pointer(err["loc"]), "detail": err["msg"]}
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
+        errors = from_pydantic(exc)
         raise ProtocolError(summary(errors, len(errors))) from None
 
 
@@ -196,80 +182,26 @@ def input_batch(inference, model):
     tensor = inference.inputs[0]
     if (tensor.parameters or {}).get("binary_data_size") is not None:
         raise ProtocolError(BINARY_REFUSED)
-    dtype = DATATYPES.get(tensor.datatype)
-    if dtype is None:
-        raise ProtocolError(
-            f"Datatype {tensor.datatype!r} is not supported; use one of {', '.join(DATATYPES)}."
-        )
-    rows, width = batch_shape(tensor.shape)
-    values = flatten(tensor.data)
-    if len(values) != rows * width:
-        raise ProtocolError(
-            f"Input {tensor.name!r} has {len(values)} values, "
-            f"but its shape {tensor.shape} needs {rows * width}."
-        )
-    return to_float64(values, dtype, tensor.datatype).reshape(rows, width)
-
-
-def batch_shape(shape):
-    """(rows, features) of a [batch, features] or [features] shape, within the limits."""
-    if len(shape) == 1:
-        shape = [1, *shape]
-    if len(shape) != 2:
-        raise ProtocolError(f"The input shape must be [batch, features] or [features]: {shape}.")
-    rows, width = shape
-    max_rows, max_width = current_app.config["MAX_BATCH"], current_app.config["MAX_FEATURES"]
-    if not 1 <= rows <= max_rows:
-        raise ProtocolError(f"The batch must have 1 to {max_rows} rows, got {rows}.")
-    if not 1 <= width <= max_width:
-        raise ProtocolError(f"Each row must have 1 to {max_width} features, got {width}.")
-    return rows, width
-
-
-def flatten(data):
-    """Nested lists to one flat list, row-major, without recursion."""
-    flat, stack = [], [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-    return flat
-
-
-def to_float64(values, dtype, datatype):
-    """Read JSON numbers as ``datatype`` says, refusing what it cannot hold; return float64."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        if any(type(v) is not int for v in values):
-            raise ProtocolError(f"{datatype} data must be JSON integers.")
-        if min(values) < info.min or max(values) > info.max:
-            raise ProtocolError(f"{datatype} data must lie in [{info.min}, {info.max}].")
-        return np.array(values, dtype=dtype).astype(np.float64)
-    if any(type(v) not in (int, float) for v in values):
-        raise ProtocolError(f"{datatype} data must be JSON numbers.")
+    config = current_app.config
     try:
-        array = np.array(values, dtype=np.float64)
-    except OverflowError:
-        array = np.array([np.inf])
-    if not np.isfinite(array).all():
-        raise ProtocolError(f"{datatype} data must be finite: no NaN, Infinity or overflow.")
-    if dtype is np.float32:
-        if (np.abs(array) > np.finfo(np.float32).max).any():
-            raise ProtocolError("FP32 data must lie within the range of a 32-bit float.")
-        array = array.astype(np.float32).astype(np.float64)
-    return array
+        return codec.decode(
+            tensor.name,
+            tensor.shape,
+            tensor.datatype,
+            tensor.data,
+            config["MAX_BATCH"],
+            config["MAX_FEATURES"],
+        )
+    except TensorError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def run(model, batch):
     """The model's predictions; a prediction it cannot compute is a 400 here."""
     try:
-        return models.predict(model.name, batch, model.version)[1]
-    except ValidationProblem as exc:
-        raise ProtocolError(exc.description) from None
+        return registry().predict(model.name, batch, model.version)[1]
+    except PredictionError as exc:
+        raise ProtocolError(exc.detail) from None
 
 
 def response_body(inference, model, values):

@@ -1,0 +1,104 @@
+"""The tutorial's unversioned endpoints."""
+
+from flask import Blueprint, current_app
+from flask_jwt_extended import current_user, jwt_required
+from spectree import Response
+
+from mlapi.api.bodies import body
+from mlapi.api.decorators import PROBLEMS, prediction
+from mlapi.api.docs import describe
+from mlapi.api.schemas import (
+    CachedPrediction,
+    CustomLimitPrediction,
+    Features,
+    Message,
+    Prediction,
+    Problem,
+    ServiceIndex,
+    UserPrediction,
+)
+from mlapi.auth import admin_required
+from mlapi.extensions import limiter
+from mlapi.limits import by_address, by_user, config_limit, remaining
+from mlapi.observability.metrics import count_prediction
+from mlapi.predictions import predict_one, prediction_cache
+
+bp = Blueprint("api", __name__)
+
+
+@bp.get("/")
+@describe(resp=Response(HTTP_200=ServiceIndex), tags=["service"])
+def index():
+    """The service's name, API versions and their prediction endpoints."""
+    return {
+        "service": current_app.config["SERVICE_NAME"],
+        "versions": ["v1", "v2"],
+        "endpoints": {"v1": "/v1/predict", "v2": "/v2/predict"},
+    }
+
+
+@bp.get("/public")
+@limiter.limit(config_limit("PUBLIC_RATE_LIMIT"), key_func=by_address)
+@describe(resp=Response(HTTP_200=Message, HTTP_429=Problem), tags=["service"])
+def public():
+    """An unauthenticated endpoint, rate limited per client address."""
+    limit = current_app.config["PUBLIC_RATE_LIMIT"]
+    return {"message": f"This endpoint is rate limited to {limit} per client address"}
+
+
+@bp.post("/predict")
+@prediction(UserPrediction)
+@body(Features)
+def predict(features):
+    """Mean of the features, with the authenticated user's name."""
+    return {"prediction": predict_one("average", features), "user": current_user.username}
+
+
+@bp.post("/predict-limited")
+@prediction(
+    Prediction,
+    limits=[limiter.limit(config_limit("PREDICT_LIMITED_RATE_LIMIT"), key_func=by_address)],
+)
+@body(Features)
+def predict_limited(features):
+    """Mean of the features; also limited per client address."""
+    return {"prediction": predict_one("average", features)}
+
+
+@bp.post("/predict-custom-limit")
+@prediction(
+    CustomLimitPrediction,
+    limits=[limiter.limit(config_limit("CUSTOM_RATE_LIMIT"), key_func=by_user)],
+)
+@body(Features)
+def predict_custom_limit(features):
+    """Mean of the features, limited per user; reports the requests left in the window."""
+    return {
+        "prediction": predict_one("average", features),
+        "rate_limit_remaining": remaining("CUSTOM_RATE_LIMIT"),
+    }
+
+
+@bp.post("/predict-cached")
+@prediction(CachedPrediction)
+@body(Features)
+def predict_cached(features):
+    """Mean of the features, cached per feature vector for MLAPI_CACHE_TIMEOUT seconds."""
+    model, value, cached = prediction_cache().predict("average", features)
+    count_prediction(model, current_user.username)
+    return {"prediction": value, "user": current_user.username, "cached": cached}
+
+
+@bp.delete("/cache/invalidate")
+@jwt_required()
+@admin_required
+@describe(
+    resp=Response(HTTP_200=Message, **PROBLEMS, HTTP_403=Problem),
+    tags=["cache"],
+    security={"bearer": []},
+)
+@body(Features)
+def invalidate_cache(features):
+    """Drop the cached prediction for this feature vector (admin only)."""
+    prediction_cache().invalidate("average", features)
+    return {"message": "Cache invalidated"}

@@ -1,0 +1,58 @@
+"""The prediction cache.
+
+Only a model's output is cached, keyed by a digest of the validated features
+and the model's name and version: two users sending the same features share
+the computation, never each other's response. A cache that fails (Redis down)
+is a miss, never an error.
+"""
+
+import hashlib
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(model, features):
+    """``prediction:<model>:<version>:<sha256 of the float64 features>``."""
+    data = np.ascontiguousarray(features, dtype=np.float64).tobytes()
+    return f"prediction:{model.name}:{model.version}:{hashlib.sha256(data).hexdigest()}"
+
+
+class PredictionCache:
+    """Predictions of a registry through a store with ``get``, ``set`` and ``delete``.
+
+    ``count(outcome)`` is told "hit", "miss" or "error" for each lookup.
+    """
+
+    def __init__(self, registry, store, count=lambda outcome: None):
+        self.registry = registry
+        self.store = store
+        self.count = count
+
+    def predict(self, name, features):
+        """Predict with model ``name``, through the cache; returns (model, value, was_cached)."""
+        model = self.registry.get(name)
+        key = cache_key(model, features)
+        try:
+            value = self.store.get(key)
+        except Exception:
+            log.warning("prediction cache unavailable; computing without it", exc_info=True)
+            self.count("error")
+            return model, self.registry.predict_one(name, features)[1], False
+        if isinstance(value, float):
+            self.count("hit")
+            return model, value, True
+        self.count("miss")
+        _, value = self.registry.predict_one(name, features)
+        try:
+            self.store.set(key, value)
+        except Exception:
+            log.warning("could not store a prediction in the cache", exc_info=True)
+            self.count("error")
+        return model, value, False
+
+    def invalidate(self, name, features):
+        """Drop the cached prediction of model ``name`` for these features."""
+        self.store.delete(cache_key(self.registry.get(name), features))

@@ -1,0 +1,156 @@
+"""Models: a model maps a 2-D float64 batch (rows x features) to one finite float per row.
+
+The math of the built-in models and of the linear and logistic models read from files
+(mlapi/serving/loading.py) lives here; every prediction goes through :meth:`Model.predict`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import numpy as np
+from pydantic import Field
+
+from mlapi.serving.errors import PredictionError, error_item
+
+V2_WEIGHTS = (1.0, 1.5, 2.0, 0.5)
+
+# A JSON number that is finite: no booleans, numeric strings, NaN or Infinity.
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A declared model input or output: ``-1`` in ``shape`` is a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    feature_names: tuple[str, ...] | None = None
+
+    def metadata(self):
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    def describe(self):
+        """One line for people: ``features FP64 [-1, 3] (age, income, tenure)``."""
+        names = f" ({', '.join(self.feature_names)})" if self.feature_names else ""
+        return f"{self.name} {self.datatype} {list(self.shape)}{names}"
+
+
+ANY_FEATURES = Tensor("features", "FP64", (-1, -1))
+ONE_PER_ROW = Tensor("prediction", "FP64", (-1,))
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    version: str
+    description: str
+    predict_fn: Callable[[np.ndarray], np.ndarray]
+    max_features: int | None = None
+    metadata: dict = field(default_factory=dict)
+    input_tensor: Tensor = ANY_FEATURES
+    output_tensor: Tensor = ONE_PER_ROW
+    kind: str = "builtin"
+    source: str = "built-in"
+
+    @property
+    def n_features(self):
+        """The exact number of features the model takes, or None when it varies."""
+        width = self.input_tensor.shape[-1]
+        return None if width == -1 else width
+
+    def predict(self, batch):
+        """Predict one value per row of ``batch``; every value is finite, or PredictionError."""
+        width = batch.shape[1]
+        if self.n_features is not None and width != self.n_features:
+            raise _feature_count_problem(self, f"exactly {self.n_features}", width)
+        if self.max_features is not None and width > self.max_features:
+            raise _feature_count_problem(self, f"at most {self.max_features}", width)
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = np.asarray(self.predict_fn(batch), dtype=np.float64)
+        if values.shape != (batch.shape[0],):
+            raise RuntimeError(
+                f"model {self.name}:{self.version} returned shape {values.shape} "
+                f"for a batch of {batch.shape[0]} rows"
+            )
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise PredictionError(
+                f"Model {self.name!r} cannot compute a finite prediction for "
+                f"{'this input' if batch.shape[0] == 1 else f'row {bad[0]}'}: "
+                "the result overflows the range of a float.",
+                [
+                    error_item("/", f"row {row}: prediction overflows", "overflow")
+                    for row in bad[:100].tolist()
+                ],
+            )
+        return values
+
+
+def _feature_count_problem(model, bound, width):
+    kind = "too_short" if model.n_features is not None and width < model.n_features else "too_long"
+    return PredictionError(
+        f"Model {model.name!r} accepts {bound} features, got {width}.",
+        [error_item("/", f"{bound} items", kind)],
+    )
+
+
+def safe_average(batch, weights=None):
+    """Row-wise (weighted) mean that never overflows for finite input.
+
+    A naive sum of large finite values overflows to infinity; rows where that
+    happens are recomputed scaled by their largest magnitude, which bounds the
+    result by that magnitude.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.average(batch, axis=1, weights=weights)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        rows = batch[bad]
+        scale = np.max(np.abs(rows), axis=1)
+        out[bad] = np.average(rows / scale[:, None], axis=1, weights=weights) * scale
+    return out
+
+
+def weights_for(n_features):
+    """The v2 weights, cut to the number of features."""
+    return list(V2_WEIGHTS[:n_features])
+
+
+def weighted_average(batch):
+    return safe_average(batch, weights=weights_for(batch.shape[1]))
+
+
+def linear(batch, weights, bias):
+    """``x . w + b`` per row.
+
+    An element-wise product summed along each row, not a matrix product: BLAS
+    sums in an order that depends on the batch size, so a row would not get
+    the same bits alone and in a batch. Overflow gives inf, which
+    :meth:`Model.predict` refuses.
+    """
+    return np.sum(batch * weights, axis=1) + bias
+
+
+def sigmoid(z):
+    """The logistic function without overflow: exp only ever sees a non-positive number."""
+    out = np.empty_like(z)
+    positive = z >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-z[positive]))
+    ez = np.exp(z[~positive])
+    out[~positive] = ez / (1.0 + ez)
+    return out
+
+
+BUILTINS = (
+    Model("average", "1.0", "Arithmetic mean of the features (the v1 method).", safe_average),
+    Model(
+        "weighted_average",
+        "2.0",
+        "Mean weighted by [1.0, 1.5, 2.0, 0.5] cut to the number of features (the v2 method).",
+        weighted_average,
+        max_features=len(V2_WEIGHTS),
+    ),
+)
+BUILTIN_NAMES = frozenset(model.name for model in BUILTINS)

@@ -1,0 +1,75 @@
+"""The prediction cache: keyed by features and model, never leaking one user's envelope."""
+
+from tests.helpers import client_for
+
+
+def test_second_identical_request_is_a_hit(client, auth):
+    """The same features twice: the first is computed, the second served from the cache."""
+    first = client.post("/predict-cached", json=[1, 2, 3], headers=auth).get_json()
+    second = client.post("/predict-cached", json=[1, 2, 3], headers=auth).get_json()
+    assert first == {"prediction": 2.0, "user": "alice", "cached": False}
+    assert second == {"prediction": 2.0, "user": "alice", "cached": True}
+
+
+def test_cached_answer_carries_the_requesting_user(client, auth, make_user, login):
+    """A cache hit for bob names bob, not alice who filled the cache (the tutorial leaks)."""
+    client.post("/predict-cached", json=[4, 5], headers=auth)
+    make_user("bob")
+    bob = client.post("/predict-cached", json=[4, 5], headers=login("bob")).get_json()
+    assert bob == {"prediction": 4.5, "user": "bob", "cached": True}
+
+
+def test_different_features_are_different_entries(client, auth):
+    """Each feature vector has its own entry."""
+    client.post("/predict-cached", json=[1, 2], headers=auth)
+    other = client.post("/predict-cached", json=[2, 1.5], headers=auth).get_json()
+    assert other["cached"] is False
+
+
+def test_equal_numbers_share_an_entry(client, auth):
+    """1 and 1.0 are the same feature value, so they share a cache entry."""
+    client.post("/predict-cached", json=[1, 2], headers=auth)
+    assert client.post("/predict-cached", json=[1.0, 2.0], headers=auth).get_json()["cached"]
+
+
+def test_errors_are_not_cached(client, auth):
+    """A rejected body leaves nothing behind: the next valid request is a miss."""
+    bad = client.post("/predict-cached", json=[], headers=auth)
+    assert bad.status_code == 422
+    good = client.post("/predict-cached", json=[3], headers=auth)
+    assert good.get_json()["cached"] is False
+
+
+def test_admin_invalidation_drops_the_entry(client, auth, admin_auth):
+    """DELETE /cache/invalidate by an admin makes the next request a miss."""
+    client.post("/predict-cached", json=[7, 8], headers=auth)
+    response = client.delete("/cache/invalidate", json=[7, 8], headers=admin_auth)
+    assert response.get_json() == {"message": "Cache invalidated"}
+    assert client.post("/predict-cached", json=[7, 8], headers=auth).get_json()["cached"] is False
+
+
+def test_invalidation_validates_its_body(client, admin_auth):
+    """The invalidation body obeys the same rules as a prediction body."""
+    assert client.delete("/cache/invalidate", json=["x"], headers=admin_auth).status_code == 422
+
+
+def test_cache_key_depends_on_model_version(app):
+    """Two versions of one model never share cache entries."""
+    from mlapi.serving.cache import cache_key
+    from mlapi.serving.models import Model, safe_average
+
+    one = Model("m", "1", "", safe_average)
+    two = Model("m", "2", "", safe_average)
+    assert cache_key(one, [1.0]) != cache_key(two, [1.0])
+    assert cache_key(one, [1.0]) == cache_key(one, [1])
+
+
+def test_cache_entries_expire(make_app):
+    """Entries live CACHE_TIMEOUT seconds."""
+    import time
+
+    client, headers = client_for(make_app(CACHE_TIMEOUT=1))
+    client.post("/predict-cached", json=[1], headers=headers)
+    assert client.post("/predict-cached", json=[1], headers=headers).get_json()["cached"]
+    time.sleep(1.2)
+    assert client.post("/predict-cached", json=[1], headers=headers).get_json()["cached"] is False

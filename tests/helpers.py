@@ -1,0 +1,98 @@
+"""Helpers and data that tests share (pytest advises against importing from conftest)."""
+
+import os
+import re
+import shutil
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+from mlapi import users
+
+REDIS_URL = os.environ.get("MLAPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "MLAPI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+PASSWORD = "correct-horse-battery"
+# A model file's content, as tests write it into MLAPI_MODEL_DIR.
+LINEAR = {
+    "name": "price",
+    "version": "1",
+    "kind": "linear",
+    "weights": [2.0, -0.5, 0.25],
+    "bias": 1.5,
+    "feature_names": ["rooms", "age", "area"],
+}
+PREDICTION_ENDPOINTS = [
+    "/predict",
+    "/predict-limited",
+    "/predict-custom-limit",
+    "/predict-cached",
+    "/v1/predict",
+    "/v2/predict",
+    "/v2/predict-monitored",
+]
+
+
+def reachable(url):
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name, url):
+    if reachable(url):
+        return url
+    message = f"{name} is not reachable at {url}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; under CI=true this is a failure, not a skip")
+    pytest.skip(message)
+
+
+def client_for(app, username="alice", password=PASSWORD):
+    """A test client of ``app`` and bearer headers for a new user of it."""
+    with app.app_context():
+        users.create(username, password)
+    client = app.test_client()
+    token = client.post("/token", data={"username": username, "password": password})
+    return client, {"Authorization": f"Bearer {token.get_json()['access_token']}"}
+
+
+def assert_problem(response, status):
+    """The response is an RFC 9457 problem with this status; returns its body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert "type" in body
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
+
+
+def metric(text, name, **labels):
+    """The value of one sample in a Prometheus text exposition (0 if absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        sample, _, value = line.rpartition(" ")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', sample))
+        if sample.split("{")[0] == name and all(found.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def promtool():
+    path = shutil.which("promtool")
+    if path:
+        return path
+    message = "promtool is not installed (Debian package: prometheus)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + "; under CI=true this is a failure, not a skip")
+    pytest.skip(message)
