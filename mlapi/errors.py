@@ -16,13 +16,14 @@ from werkzeug.exceptions import (
     Forbidden,
     HTTPException,
     InternalServerError,
+    NotFound,
     ServiceUnavailable,
     Unauthorized,
     UnprocessableEntity,
 )
 
 from mlapi.extensions import db
-from mlapi.serving.errors import PredictionError, error_item
+from mlapi.serving.errors import ModelNotFound, PredictionError, error_item
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ def from_pydantic(exc):
     ]
 
 
-def summary(errors, count):
+def summary(errors):
     """One sentence naming the first error item and how many more there are."""
-    first = errors[0]
+    first, count = errors[0], len(errors)
     where = f"at {first['pointer']}" if first["pointer"] != "/" else "in the body"
     more = f" (and {count - 1} more)" if count > 1 else ""
     return f"Invalid request body {where}: {first['detail']}{more}."
@@ -93,7 +94,7 @@ def summary(errors, count):
 
 def invalid(errors):
     """A 422 problem for these error items, summarised by the first one."""
-    return ValidationProblem(summary(errors, len(errors)), errors[:100])
+    return ValidationProblem(summary(errors), errors[:100])
 
 
 def problem_response(exc):
@@ -171,6 +172,10 @@ def handle_prediction_error(exc):
     return problem_response(validation_problem(exc))
 
 
+def handle_model_not_found(exc):
+    return problem_response(NotFound(f"No model {exc.args[0]} is loaded."))
+
+
 def handle_unexpected(exc):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem_response(
@@ -186,4 +191,5 @@ def init_app(app):
     app.register_error_handler(sqlalchemy.exc.DataError, handle_data_error)
     app.register_error_handler(ProtocolError, handle_protocol_error)
     app.register_error_handler(PredictionError, handle_prediction_error)
+    app.register_error_handler(ModelNotFound, handle_model_not_found)
     app.register_error_handler(Exception, handle_unexpected)

@@ -56,6 +56,8 @@ class GuardedStore:
         return self._call(cache.set, key, value)
 
     def delete(self, key):
+        # An invalidation is an admin's explicit request: a failing cache is reported
+        # to them, not skipped.
         return cache.delete(key)
 
 

@@ -160,7 +160,7 @@ def parse_request():
         return InferRequest.model_validate(body)
     except ValidationError as exc:
         errors = from_pydantic(exc)
-        raise ProtocolError(summary(errors, len(errors))) from None
+        raise ProtocolError(summary(errors)) from None
 
 
 def check_outputs(inference, model):

@@ -80,3 +80,15 @@ def test_locked_database_makes_login_503_not_401(app, client, make_user, backend
     assert_problem(response, 503)
     assert elapsed < 4
     assert "access_token" not in response.get_data(as_text=True)
+
+
+def test_an_unknown_model_outside_the_inference_routes_is_a_404_problem(app):
+    """The serving layer's ModelNotFound is mapped to a problem, never a 500."""
+    from mlapi.serving.errors import ModelNotFound
+
+    @app.get("/test-unknown-model")
+    def unknown_model():
+        raise ModelNotFound("nope")
+
+    body = assert_problem(app.test_client().get("/test-unknown-model"), 404)
+    assert "nope" in body["detail"]
