@@ -52,7 +52,8 @@ TOKEN_ERRORS = {
 
 
 def login_username():
-    return f"login-user:{request.form.get('username', '')}"
+    # By the name's key: "Alice" and "ALICE" are one account and share one budget.
+    return f"login-user:{users.username_key(request.form.get('username', '')[:256])}"
 
 
 def login_address():
