@@ -13,6 +13,7 @@ the settings of the libraries (``SQLALCHEMY_*``, ``JWT_*``, ``RATELIMIT_*``,
 import math
 import os
 import secrets
+from datetime import timedelta
 
 import sqlalchemy as sa
 from limits import parse_many
@@ -260,6 +261,11 @@ def database_settings(config, folder):
     )
 
 
+def access_token_seconds(config):
+    """The access token lifetime in whole seconds (MLAPI_ACCESS_TOKEN_MINUTES may be fractional)."""
+    return max(1, round(config["ACCESS_TOKEN_MINUTES"] * 60))
+
+
 def token_settings(config):
     config.setdefault("JWT_SECRET_KEY", config["SECRET_KEY"])
     config["JWT_ALGORITHM"] = "HS256"
@@ -267,7 +273,7 @@ def token_settings(config):
     config["JWT_TOKEN_LOCATION"] = ["headers"]
     # No cookies, so no CSRF claim: a shorter token is cheaper to parse on every request.
     config["JWT_COOKIE_CSRF_PROTECT"] = False
-    config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", config["ACCESS_TOKEN_MINUTES"] * 60)
+    config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", timedelta(seconds=access_token_seconds(config)))
     config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", config["REFRESH_TOKEN_DAYS"] * 86400)
 
 

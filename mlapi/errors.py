@@ -56,6 +56,15 @@ class InsufficientScope(Forbidden):
     bearer_error = "insufficient_scope"
 
 
+class TokenRequestError(HTTPException):
+    """A token request the server refuses, with its RFC 6749 §5.2 error code."""
+
+    def __init__(self, error, detail, code=400):
+        super().__init__(description=detail)
+        self.code = code
+        self.oauth_error = error
+
+
 class ProtocolError(HTTPException):
     """An error on an Open Inference Protocol route, whose clients read ``{"error": "..."}``."""
 
@@ -102,6 +111,10 @@ def problem_response(exc):
     errors = getattr(exc, "errors", None)
     if errors:
         body["errors"] = errors
+    oauth_error = getattr(exc, "oauth_error", None)
+    if oauth_error:
+        body["error"] = oauth_error
+        body["error_description"] = exc.description
     headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
     if status != 429 and getattr(exc, "retry_after", None):
         g.retry_after = exc.retry_after

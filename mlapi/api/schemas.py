@@ -28,6 +28,13 @@ class Problem(BaseModel):
     errors: list[dict] | None = None
 
 
+class TokenProblem(Problem):
+    """A token endpoint error: a problem that also carries RFC 6749 §5.2's members."""
+
+    error: str
+    error_description: str
+
+
 class TokenResponse(BaseModel):
     access_token: str
     refresh_token: str | None = None
@@ -35,9 +42,13 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
-class LoginForm(BaseModel):
-    username: str
-    password: str
+class TokenForm(BaseModel):
+    """The OAuth2 token request: the password grant (the default) or the refresh grant."""
+
+    grant_type: Literal["password", "refresh_token"] = "password"
+    username: str | None = None
+    password: str | None = None
+    refresh_token: str | None = None
 
 
 class UserOut(BaseModel):

@@ -453,9 +453,9 @@ def test_the_openapi_document_describes_the_protocol_routes(client):
     ):
         assert "security" not in paths[path]["get"], path
     for path in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        assert paths[path]["get"]["security"] == [{"bearer": []}]
+        assert paths[path]["get"]["security"] == [{"bearer": []}, {"oauth2": []}]
     for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
         operation = paths[path]["post"]
-        assert operation["security"] == [{"bearer": []}]
+        assert operation["security"] == [{"bearer": []}, {"oauth2": []}]
         assert {"200", "400", "401", "404", "429"} <= set(operation["responses"])
         assert "requestBody" in operation
