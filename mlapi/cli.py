@@ -136,22 +136,28 @@ models_cli = AppGroup("models", help="Inspect prediction models and check model 
 
 @models_cli.command("list")
 def list_models():
-    """List models: name, version, declared inputs, and readiness."""
+    """List models: name, version, readiness (with the reason when not ready), inputs."""
     models = registry()
     rows = [
-        models.get(name, version)
+        (name, version, "yes", _describe_inputs(models.get(name, version)))
         for name in sorted({model.name for model in models})
         for version in models.versions(name)
     ]
-    name_width = max(len("NAME"), *(len(m.name) for m in rows))
-    version_width = max(len("VERSION"), *(len(m.version) for m in rows))
+    for key, reason in sorted(models.snapshot.failures.items()):
+        name, _, version = key.partition("/")
+        rows.append((name, version or "-", "no", reason))
+    name_width = max(len("NAME"), *(len(row[0]) for row in rows))
+    version_width = max(len("VERSION"), *(len(row[1]) for row in rows))
     click.echo(f"{'NAME':<{name_width}}  {'VERSION':<{version_width}}  READY  INPUTS")
-    for model in rows:
-        # Models load at start or the app does not start, so every listed model is ready.
-        click.echo(
-            f"{model.name:<{name_width}}  {model.version:<{version_width}}  yes    "
-            f"{model.input_tensor.describe()}"
-        )
+    for name, version, ready, detail in rows:
+        click.echo(f"{name:<{name_width}}  {version:<{version_width}}  {ready:<5}  {detail}")
+
+
+def _describe_inputs(model):
+    tensor = getattr(model, "input_tensor", None)
+    if tensor is not None:
+        return tensor.describe()
+    return ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in model.inputs)
 
 
 @models_cli.command("check")
