@@ -30,6 +30,7 @@ from mlapi.api.schemas import (
     Problem,
     ProtocolErrorBody,
     RepositoryIndex,
+    RepositoryList,
     ServerLive,
     ServerMetadata,
     ServerReady,
@@ -185,11 +186,11 @@ def model_stats(name, version=None):
 @bp.post("/repository/index")
 @jwt_required()
 @admin_required
-@documented(RepositoryIndex, ADMIN_ERRORS, authenticated=True)
+@documented(RepositoryList, ADMIN_ERRORS, authenticated=True)
 def repository_index():
     """Rescan the model repository on every worker; each model version's state and reason."""
-    snapshot = reloader().index()
-    return {"models": index_of(snapshot)}
+    # The extension's index is a bare JSON list, as tritonclient reads it.
+    return index_of(reloader().index())
 
 
 @bp.post("/repository/models/<name>/load")

@@ -217,6 +217,10 @@ class RepositoryIndex(BaseModel):
     models: list[RepositoryEntry]
 
 
+class RepositoryList(RootModel[list[RepositoryEntry]]):
+    pass
+
+
 class InferInput(BaseModel):
     """A tensor: ``data`` flat or nested, in row-major order."""
 

@@ -153,7 +153,7 @@ def test_the_repository_index_is_admin_only_and_lists_every_state(http, auth, ad
     assert http.post("/v2/repository/index", headers=auth).status_code == 403
     response = http.post("/v2/repository/index", headers=admin)
     assert response.status_code == 200
-    entries = {(e["name"], e.get("version")): e for e in response.get_json()["models"]}
+    entries = {(e["name"], e.get("version")): e for e in response.get_json()}
     assert entries[("forest", "1")]["state"] == "READY"
     assert entries[("forest", "2")]["state"] == "READY"
     assert entries[("broken", "1")]["state"] == "UNAVAILABLE"
