@@ -219,3 +219,33 @@ def test_flask_models_list_shows_broken_models_with_the_reason(served):
     broken = next(line for line in lines if line.split()[:2] == ["broken", "1"])
     assert broken.split()[:3] == ["broken", "1", "no"]
     assert "not a readable ONNX model" in broken
+
+
+def test_flask_models_check_an_onnx_file_runs_it_on_zeros(served, repository):
+    path = repository / "forest" / "2" / "model.onnx"
+    result = served.test_cli_runner().invoke(args=["models", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "input  X FP32 [-1, 4]" in result.output
+    assert "output variable FP32 [-1, 1]" in result.output
+    assert "variable on zeros: [" in result.output
+
+
+def test_flask_models_check_a_repository_reports_each_model(served, repository):
+    result = served.test_cli_runner().invoke(args=["models", "check", str(repository)])
+    assert result.exit_code == 1
+    assert "ok      forest:1" in result.output and "ok      linear:3" in result.output
+    assert "failed  broken/1: " in result.output
+    assert "cannot be served" in result.output
+
+
+def test_flask_models_unload_and_load_change_what_is_served(served):
+    runner = served.test_cli_runner()
+    result = runner.invoke(args=["models", "unload", "forest"])
+    assert result.exit_code == 0, result.output
+    with served.app_context():
+        assert "unloaded by an administrator" in registry().failure("forest")
+    result = runner.invoke(args=["models", "load", "forest"])
+    assert result.exit_code == 0, result.output
+    assert "ok      forest:1" in result.output and "ok      forest:2" in result.output
+    broken = runner.invoke(args=["models", "load", "broken"])
+    assert broken.exit_code == 1 and "not a readable ONNX model" in broken.output
