@@ -44,7 +44,7 @@ def wait_until_live(base, process, log_path, timeout=60):
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            # A slow start times out the read (TimeoutError) rather than refusing.
+            # TimeoutError: connected while the worker was still booting (a loaded host).
             time.sleep(0.2)
     pytest.fail(f"gunicorn was not live after {timeout}s:\n{log_path.read_text()}")
 
