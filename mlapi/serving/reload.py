@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 from mlapi.serving import repository
 from mlapi.serving.loader import build
@@ -116,10 +117,10 @@ class Reloader:
         """Poll every ``seconds`` on a daemon thread (once per process; 0 or less: never)."""
         if seconds <= 0 or not self.directory or self._thread is not None:
             return
-        stop = threading.Event()
 
         def loop():
-            while not stop.wait(seconds):
+            while True:
+                time.sleep(seconds)
                 self.poll()
 
         self._thread = threading.Thread(target=loop, name="model-poll", daemon=True)

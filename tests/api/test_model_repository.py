@@ -249,3 +249,87 @@ def test_flask_models_unload_and_load_change_what_is_served(served):
     assert "ok      forest:1" in result.output and "ok      forest:2" in result.output
     broken = runner.invoke(args=["models", "load", "broken"])
     assert broken.exit_code == 1 and "not a readable ONNX model" in broken.output
+
+
+def typed_graph():
+    """Identity on an INT64 and a BYTES (string) input, Not on a BOOL input."""
+    from onnx import TensorProto, helper
+
+    def tensor(name, kind):
+        return helper.make_tensor_value_info(name, kind, ["batch", 2])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["count"], ["count_out"]),
+            helper.make_node("Not", ["flag"], ["flag_out"]),
+            helper.make_node("Identity", ["text"], ["text_out"]),
+        ],
+        "typed",
+        [
+            tensor("count", TensorProto.INT64),
+            tensor("flag", TensorProto.BOOL),
+            tensor("text", TensorProto.STRING),
+        ],
+        [
+            tensor("count_out", TensorProto.INT64),
+            tensor("flag_out", TensorProto.BOOL),
+            tensor("text_out", TensorProto.STRING),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return model.SerializeToString()
+
+
+def test_int64_bool_and_bytes_tensors_as_json_and_binary(make_app, tmp_path, make_user, login):
+    import tritonclient.http as httpclient
+
+    root = tmp_path / "typed-repository"
+    write_version(root, "typed", 1, content=typed_graph())
+    app = make_app(MODEL_DIR=str(root))
+    http = app.test_client()
+    make_user("bob")
+    auth = login("bob")
+    metadata = http.get("/v2/models/typed", headers=auth).get_json()
+    assert [t["datatype"] for t in metadata["inputs"]] == ["INT64", "BOOL", "BYTES"]
+
+    count = np.array([[1, -2], [2**40, 0]], dtype=np.int64)
+    flag = np.array([[True, False], [False, False]])
+    text = np.array([[b"a", "é".encode()], [b"", b"xyz"]], dtype=object)
+    inputs = []
+    for name, array, datatype in (
+        ("count", count, "INT64"),
+        ("flag", flag, "BOOL"),
+        ("text", text, "BYTES"),
+    ):
+        tensor = httpclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)  # binary, tritonclient's default
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput(n) for n in ("count_out", "flag_out", "text_out")]
+    body, header_length = httpclient.InferenceServerClient.generate_request_body(inputs, outputs)
+    response = http.post(
+        "/v2/models/typed/infer",
+        data=body,
+        headers={**auth, "Inference-Header-Content-Length": str(header_length)},
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    result = httpclient.InferenceServerClient.parse_response_body(
+        response.get_data(), header_length=int(response.headers["Inference-Header-Content-Length"])
+    )
+    np.testing.assert_array_equal(result.as_numpy("count_out"), count)
+    np.testing.assert_array_equal(result.as_numpy("flag_out"), ~flag)
+    assert result.as_numpy("text_out").tolist() == text.tolist()
+
+    as_json = {
+        "inputs": [
+            {"name": "count", "shape": [1, 2], "datatype": "INT64", "data": [3, 4]},
+            {"name": "flag", "shape": [1, 2], "datatype": "BOOL", "data": [True, False]},
+            {"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": ["x", "é"]},
+        ]
+    }
+    response = http.post("/v2/models/typed/infer", json=as_json, headers=auth)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["outputs"] == [
+        {"name": "count_out", "datatype": "INT64", "shape": [1, 2], "data": [3, 4]},
+        {"name": "flag_out", "datatype": "BOOL", "shape": [1, 2], "data": [False, True]},
+        {"name": "text_out", "datatype": "BYTES", "shape": [1, 2], "data": ["x", "é"]},
+    ]
