@@ -100,6 +100,15 @@ def test_a_new_version_is_served_by_every_worker_without_a_failed_request(server
     loaded = [line for line in server.log_lines() if line.get("message") == "model forest:2 loaded"]
     assert len(loaded) == 2, loaded
     assert versions_served(server, headers) == {"2"}
+    # The statistics extension sums both workers' counters: every call answered by
+    # version 2 (the load loop's and the 40 above) was counted once, with its 2 rows.
+    served_by_2 = sum(1 for _, version in results if version == "2") + 40
+    stats = requests.get(
+        server.url("/v2/models/forest/versions/2/stats"), headers=headers, timeout=10
+    )
+    [entry] = stats.json()["model_stats"]
+    assert entry["execution_count"] == served_by_2
+    assert entry["inference_count"] == 2 * served_by_2
 
 
 def test_unload_through_one_worker_reaches_every_worker(server):
