@@ -82,8 +82,13 @@ class Config:
     # Prediction cache.
     CACHE_TIMEOUT = 300
 
-    # Models: a folder of model files (.json, .npz) loaded at start (optional); see docs/models.md.
+    # Models: a model repository (<name>/<version>/<file>, and flat .json/.npz files) loaded
+    # at start (optional); see docs/models.md.
     MODEL_DIR = None
+    # Each worker rescans MODEL_DIR this often and serves what changed; 0 turns polling off.
+    MODEL_POLL_SECONDS = 5.0
+    # Intra-op threads per ONNX session: one per worker keeps N workers off each other's cores.
+    ONNX_THREADS = 1
 
     # Observability.
     LOG_LEVEL = "INFO"

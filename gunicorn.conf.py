@@ -81,3 +81,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """In each worker, once its app is loaded: poll the model repository on a thread."""
+    from mlapi.predictions import start_polling
+
+    if hasattr(worker.wsgi, "extensions"):
+        start_polling(worker.wsgi)

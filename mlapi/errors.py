@@ -2,9 +2,9 @@
 
 Code anywhere raises (``abort``, werkzeug exceptions, the problems below, the
 serving errors of mlapi/serving/errors.py); the handlers registered here turn every
-error into ``application/problem+json``, except :class:`ProtocolError`: the Open
-Inference Protocol routes raise it, and it is rendered as that protocol's
-``{"error": "..."}``.
+error into ``application/problem+json``, except on the Open Inference Protocol
+routes: there :class:`ProtocolError` and the serving errors are rendered as that
+protocol's ``{"error": "..."}``.
 """
 
 import logging
@@ -25,11 +25,20 @@ from werkzeug.exceptions import (
 
 from mlapi.database import discard_session
 from mlapi.extensions import db
-from mlapi.serving.errors import CacheUnavailable, ModelNotFound, PredictionError, error_item
+from mlapi.serving.errors import (
+    CacheUnavailable,
+    InferenceError,
+    ModelLoadError,
+    ModelNotFound,
+    PredictionError,
+    error_item,
+)
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MIMETYPE = "application/problem+json"
+# Blueprints of the Open Inference Protocol, whose clients read {"error": "..."}.
+PROTOCOL_BLUEPRINTS = frozenset({"inference"})
 
 
 class ValidationProblem(UnprocessableEntity):
@@ -152,10 +161,12 @@ def handle_database_error(exc):
 
 
 def handle_protocol_error(exc):
+    return protocol_response(exc.description, exc.code)
+
+
+def protocol_response(message, status):
     return current_app.response_class(
-        json.dumps({"error": exc.description}) + "\n",
-        status=exc.code,
-        mimetype="application/json",
+        json.dumps({"error": message}) + "\n", status=status, mimetype="application/json"
     )
 
 
@@ -163,6 +174,10 @@ def handle_cache_unavailable(exc):
     """Redis failed where no fallback is honest (an invalidation): 503, retry shortly."""
     retry = math.ceil(current_app.config["REDIS_RETRY_SECONDS"])
     return problem_response(ServiceUnavailable(str(exc), retry_after=retry))
+
+
+def on_protocol_route():
+    return request.blueprint in PROTOCOL_BLUEPRINTS
 
 
 def handle_data_error(exc):
@@ -177,11 +192,26 @@ def validation_problem(exc):
 
 
 def handle_prediction_error(exc):
+    """A model cannot use the input: 400 ``{"error"}`` on protocol routes, else a 422 problem."""
+    if isinstance(exc, InferenceError) and exc.log_detail:
+        log.warning("inference refused on %s: %s", request.path, exc.log_detail)
+    if on_protocol_route():
+        return protocol_response(exc.detail, 400)
     return problem_response(validation_problem(exc))
 
 
 def handle_model_not_found(exc):
-    return problem_response(NotFound(f"No model {exc.args[0]} is loaded."))
+    message = f"No model {exc.args[0]} is loaded."
+    if on_protocol_route():
+        return protocol_response(message, 404)
+    return problem_response(NotFound(message))
+
+
+def handle_model_load_error(exc):
+    """A model an administrator asked to load cannot be: the reason, as a 400."""
+    if on_protocol_route():
+        return protocol_response(str(exc), 400)
+    return problem_response(BadRequest(str(exc)))
 
 
 def handle_unexpected(exc):
@@ -201,4 +231,5 @@ def init_app(app):
     app.register_error_handler(PredictionError, handle_prediction_error)
     app.register_error_handler(ModelNotFound, handle_model_not_found)
     app.register_error_handler(CacheUnavailable, handle_cache_unavailable)
+    app.register_error_handler(ModelLoadError, handle_model_load_error)
     app.register_error_handler(Exception, handle_unexpected)

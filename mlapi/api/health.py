@@ -129,10 +129,16 @@ def _timed(app, check):
 
 
 def check_models(app):
-    loaded = [f"{m.name}:{m.version}" for m in registry()]
+    """Every served model version, and each model or version that failed to load, with why.
+
+    A broken model does not make the service unready: the others serve, and
+    /v2/models/<name>/ready answers for that one.
+    """
+    models = registry()
+    loaded = [f"{m.name}:{m.version}" for m in models]
     if not loaded:
         raise RuntimeError("no model is loaded")
-    return {"models": loaded}
+    return {"models": loaded, "unavailable": dict(models.snapshot.failures)}
 
 
 def check_database(app):

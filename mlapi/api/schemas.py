@@ -183,6 +183,7 @@ class ServerReady(BaseModel):
 class ModelReady(BaseModel):
     name: str
     ready: bool
+    error: str | None = None
 
 
 class MetadataTensor(BaseModel):
@@ -197,6 +198,39 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
+    parameters: dict | None = None
+
+
+class StatisticsDuration(BaseModel):
+    count: int
+    ns: int
+
+
+class VersionStatistics(BaseModel):
+    name: str
+    version: str
+    inference_count: int
+    execution_count: int
+    inference_stats: dict[str, StatisticsDuration]
+
+
+class ModelStatistics(BaseModel):
+    model_stats: list[VersionStatistics]
+
+
+class RepositoryEntry(BaseModel):
+    name: str
+    version: str | None = None
+    state: str
+    reason: str | None = None
+
+
+class RepositoryIndex(BaseModel):
+    models: list[RepositoryEntry]
+
+
+class RepositoryList(RootModel[list[RepositoryEntry]]):
+    pass
 
 
 class InferInput(BaseModel):
@@ -245,10 +279,13 @@ class InferRequest(BaseModel):
 
 
 class InferOutput(BaseModel):
+    """An output tensor: ``data`` in JSON, or ``parameters.binary_data_size`` bytes after it."""
+
     name: str
     shape: list[int]
     datatype: str
-    data: list[float]
+    data: list | None = None
+    parameters: dict | None = None
 
 
 class InferResponse(BaseModel):

@@ -47,7 +47,9 @@ def test_errors_are_documented_as_problems(client):
                 if int(status) < 400:
                     continue
                 (content_type,) = response["content"]
-                own_shape = path == "/health/ready" or path.startswith(("/v2/models", "/v2/health"))
+                own_shape = path == "/health/ready" or path.startswith(
+                    ("/v2/models", "/v2/health", "/v2/repository")
+                )
                 if content_type == "application/problem+json":
                     assert response["content"][content_type]["schema"]["$ref"].endswith("Problem")
                 else:
