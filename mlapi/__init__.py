@@ -12,6 +12,7 @@ from mlapi import (
     cli,
     database,
     errors,
+    identity,
     limits,
     observability,
     predictions,
@@ -39,6 +40,8 @@ def create_app(overrides=None, instance_path=None):
     errors.init_app(app)
     # Users and revocations in SQL, migrated on start.
     database.init_app(app)
+    # Each worker's cache of token users, re-read when users or revocations change.
+    identity.init_app(app)
     # The model registry and the prediction cache.
     predictions.init_app(app)
     # Rate limits, then token verification.

@@ -12,7 +12,7 @@ from flask import current_app, g, request
 from flask_jwt_extended import current_user
 from werkzeug.exceptions import Unauthorized
 
-from mlapi import users
+from mlapi import identity, users
 from mlapi.errors import InsufficientScope, InvalidToken, problem_response
 from mlapi.extensions import jwt
 from mlapi.observability.metrics import count_auth_failure
@@ -60,11 +60,16 @@ class BearerSchemeNormalizer:
 
 @jwt.token_in_blocklist_loader
 def is_revoked(_header, data):
-    """Read the session's revocation and, in the same query, the token's user."""
+    """The session's revocation and the token's user: one SQL query, or the worker's
+    cache of it while no user or revocation changed (mlapi/identity.py)."""
     sid = data.get("sid")
     if sid is None:
         return True
-    g.principal, revoked = users.load_principal(data["sub"], sid)
+
+    def accepted(principal, revoked):
+        return not revoked and users.accepts(principal, data)
+
+    g.principal, revoked = identity.principals().lookup(data["sub"], sid, accepted)
     return revoked
 
 
