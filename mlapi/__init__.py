@@ -9,6 +9,7 @@ import config
 from mlapi import (
     api,
     auth,
+    budget,
     cli,
     database,
     errors,
@@ -46,6 +47,7 @@ def create_app(overrides=None, instance_path=None):
     predictions.init_app(app)
     # Rate limits, then token verification.
     limits.init_app(app)
+    budget.init_app(app)
     auth.init_app(app)
     # Every blueprint and the OpenAPI document.
     api.init_app(app)

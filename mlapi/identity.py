@@ -109,18 +109,34 @@ class Principals:
         self.load = load or users.load_principal
         self.clock = clock
         self._entries = {}
+        # The newest generation this worker saw, from the source or the budget's script.
+        self.known = None
+        # Only a Redis generation can be checked later, in the budget's round trip.
+        self.can_defer = isinstance(source, RedisGeneration)
 
     def generation(self):
         """The generation now, or None if unknown."""
-        return self.source.current() if self.source is not None else None
+        value = self.source.current() if self.source is not None else None
+        if value is not None:
+            self.known = value
+        return value
 
-    def lookup(self, username, sid, accepted):
-        """(Principal or None, revoked), read from SQL unless a fresh entry accepts the token.
+    def observe(self, generation):
+        self.known = generation
+
+    def lookup(self, username, sid, accepted, deferred=False):
+        """((Principal or None, revoked), stamp): read from SQL unless a fresh cache entry
+        accepts the token.
 
         ``accepted(principal, revoked)`` says whether the answer lets the token in; an
-        answer that refuses is never served from the cache.
+        answer that refuses is never served from the cache. With ``deferred`` (and a
+        Redis generation), the generation is not asked now: an entry of the newest
+        generation this worker saw is served, and the returned stamp (that generation)
+        must be checked by the caller before the request does anything (the budget's
+        script does); the stamp is None when nothing is left to check.
         """
-        generation = self.generation()
+        deferred = deferred and self.can_defer
+        generation = self.known if deferred else self.generation()
         key = (username, sid)
         entry = self._entries.get(key)
         if (
@@ -130,12 +146,17 @@ class Principals:
             and self.clock() - entry[1] < MAX_AGE
             and accepted(*entry[2])
         ):
-            return entry[2]
+            return entry[2], (generation if deferred else None)
+        return self.reload(username, sid, generation), None
+
+    def reload(self, username, sid, generation):
+        """Read from SQL; cached under ``generation``, which must predate the read."""
         value = self.load(username, sid)
         if generation is not None:
+            self.known = generation
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[key] = (generation, self.clock(), value)
+            self._entries[(username, sid)] = (generation, self.clock(), value)
         return value
 
     def changed(self):

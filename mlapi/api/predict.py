@@ -4,7 +4,7 @@ from flask import Blueprint, current_app
 from flask_jwt_extended import current_user, jwt_required
 from spectree import Response
 
-from mlapi.api.bodies import body
+from mlapi.api.bodies import body, read
 from mlapi.api.decorators import PROBLEMS, prediction
 from mlapi.api.docs import describe
 from mlapi.api.schemas import (
@@ -21,7 +21,8 @@ from mlapi.auth import admin_required
 from mlapi.extensions import limiter
 from mlapi.limits import by_address, by_user, config_limit, remaining
 from mlapi.observability.metrics import count_prediction
-from mlapi.predictions import predict_one, prediction_cache
+from mlapi.predictions import predict_one, prediction_cache, registry
+from mlapi.serving.cache import cache_key
 
 bp = Blueprint("api", __name__)
 
@@ -79,8 +80,18 @@ def predict_custom_limit(features):
     }
 
 
+def cached_average_key():
+    """The cache key of this body's features, read with the budget; None if invalid
+    (the view's own validation then answers, after the limit, as on every view)."""
+    try:
+        features = read(Features)
+    except Exception:
+        return None
+    return cache_key(registry().get("average"), features)
+
+
 @bp.post("/predict-cached")
-@prediction(CachedPrediction)
+@prediction(CachedPrediction, cache_key=cached_average_key)
 @body(Features)
 def predict_cached(features):
     """Mean of the features, cached per feature vector for MLAPI_CACHE_TIMEOUT seconds."""

@@ -182,7 +182,7 @@ def test_a_refusal_is_never_served_from_the_cache():
 
     cache = identity.Principals(Fixed(), load=load)
     accepted = lambda principal, revoked: not revoked  # noqa: E731
-    assert cache.lookup("alice", "s1", accepted) == ("stale", True)
-    assert cache.lookup("alice", "s1", accepted) == ("fresh", False)
-    assert cache.lookup("alice", "s1", accepted) == ("fresh", False)
+    assert cache.lookup("alice", "s1", accepted) == (("stale", True), None)
+    assert cache.lookup("alice", "s1", accepted) == (("fresh", False), None)
+    assert cache.lookup("alice", "s1", accepted) == (("fresh", False), None)
     assert len(loads) == 2
