@@ -1,5 +1,7 @@
 # mlapi image: gunicorn serving wsgi:app as an unprivileged user.
-# Build: docker build -t mlapi .   Run: see docs/operations.md.
+# Build: docker build -t mlapi:TAG .   Run: see docs/operations.md.
+# Port 8000 is for a buffering proxy in front (compose.yaml, deploy/k8s: nginx), not for
+# clients: gunicorn reads a request's head and body without a deadline.
 
 # Stage 1: install the pinned requirements into a virtualenv (every pin has a wheel).
 FROM python:3.11-slim AS build

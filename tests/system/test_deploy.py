@@ -22,6 +22,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from config import MIN_SECRET_BYTES, Config, ConfigurationError, load_secret
+from tests.system.servers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -31,6 +32,9 @@ DASHBOARD = DEPLOY / "grafana" / "mlapi-dashboard.json"
 COMPOSE = ROOT / "compose.yaml"
 # Shows the Secret's keys; kept out of kustomization.yaml so it never replaces real values.
 SECRET_EXAMPLE = "secret.example.yaml"
+# The buffering reverse proxy in front of gunicorn, for compose and the Kubernetes sidecar.
+NGINX_CONF = K8S / "nginx.conf"
+PROXY_PORT = 8080
 
 # The metric families mlapi exports, by type (mlapi/observability/metrics.py).
 METRICS = {
@@ -61,6 +65,8 @@ ALERTS = {
 }
 # Environment the image sets for Python itself and for gunicorn's command line.
 PROCESS_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "GUNICORN_CMD_ARGS"}
+# The files holding the secrets (the Docker/Kubernetes secrets convention) that config.py reads.
+SECRET_FILE_ENV = {"MLAPI_SECRET_KEY_FILE", "MLAPI_DATABASE_URL_FILE", "MLAPI_REDIS_URL_FILE"}
 
 
 def require_tool(name, hint):
@@ -157,7 +163,7 @@ def test_env_names_read_finds_gunicorn_settings():
 
 
 def unknown_env(names):
-    known = CONFIG_ENV | GUNICORN_ENV | APP_ENV | PROCESS_ENV
+    known = CONFIG_ENV | GUNICORN_ENV | APP_ENV | PROCESS_ENV | SECRET_FILE_ENV
     return sorted(set(names) - known)
 
 
@@ -364,10 +370,19 @@ def test_tmp_is_a_writable_empty_dir_holding_every_written_path():
     assert k8s("ConfigMap")["data"]["MLAPI_INSTANCE_PATH"].startswith("/tmp/")
 
 
-def test_env_comes_from_the_configmap_and_the_secret():
+def test_env_comes_from_the_configmap_and_secrets_from_files():
     refs = container()["envFrom"]
-    assert {"configMapRef": {"name": k8s("ConfigMap")["metadata"]["name"]}} in refs
-    assert {"secretRef": {"name": k8s("Secret")["metadata"]["name"]}} in refs
+    assert refs == [{"configMapRef": {"name": k8s("ConfigMap")["metadata"]["name"]}}]
+    (volume,) = [v for v in pod_spec()["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == k8s("Secret")["metadata"]["name"]
+    assert volume["secret"]["defaultMode"] == 0o440
+    (mount,) = [m for m in container()["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    files = {item["name"]: item["value"] for item in container()["env"]}
+    assert files == {
+        f"{key}_FILE": f"{mount['mountPath']}/{key}" for key in k8s("Secret")["stringData"]
+    }
+    assert set(files) == SECRET_FILE_ENV
 
 
 def test_production_settings_and_shared_state_for_several_workers():
@@ -419,7 +434,7 @@ def test_service_routes_to_the_http_port_of_the_pods():
     service = k8s("Service")
     labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == [PROXY_PORT]
 
 
 def test_hpa_scales_the_deployment_on_cpu():
@@ -447,9 +462,10 @@ def test_kustomize_renders_the_manifests():
         pytest.skip("kubectl is not installed; the manifests are checked above without it")
     rendered = list(yaml.safe_load_all(run(kubectl, "kustomize", str(K8S))))
     kinds = sorted(document["kind"] for document in rendered)
-    assert kinds == sorted(load_yaml(K8S / name)["kind"] for name in kustomization()["resources"])
+    files = [load_yaml(K8S / name)["kind"] for name in kustomization()["resources"]]
+    assert kinds == sorted([*files, "ConfigMap"])  # and the proxy's generated ConfigMap
     (deployment,) = [document for document in rendered if document["kind"] == "Deployment"]
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "mlapi:latest"
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "mlapi:1.0.0"
 
 
 # --- compose -------------------------------------------------------------------------
@@ -461,8 +477,8 @@ def compose_services():
 
 def test_compose_services():
     services = compose_services()
-    assert set(services) == {"mlapi", "redis", "postgres", "prometheus", "grafana"}
-    for name in ("mlapi", "redis", "postgres"):
+    assert set(services) == {"proxy", "mlapi", "redis", "postgres", "prometheus", "grafana"}
+    for name in ("proxy", "mlapi", "redis", "postgres"):
         assert "profiles" not in services[name]
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["monitoring"]
@@ -747,3 +763,607 @@ def app_source():
 def test_metric_is_defined_by_the_app(name):
     """Every metric the dashboards and alerts use is one the app registers."""
     assert f'"{name}"' in app_source()
+
+
+# --- the buffering proxy (nginx) ------------------------------------------------------
+
+
+def nginx():
+    return require_tool("nginx", "Debian's nginx package provides it; .ci/run installs it")
+
+
+def nginx_directives(text=None):
+    """{directive: [arguments, ...]} of nginx.conf, comments and blocks flattened."""
+    text = re.sub(r"#[^\n]*", "", text if text is not None else NGINX_CONF.read_text())
+    found = {}
+    for statement in re.split(r"[;{}]", text):
+        words = statement.split()
+        if words:
+            found.setdefault(words[0], []).append(" ".join(words[1:]))
+    return found
+
+
+def gunicorn_default(name):
+    """The default gunicorn.conf.py gives setting ``name`` when the variable is unset."""
+    text = (ROOT / "gunicorn.conf.py").read_text()
+    match = re.search(rf"""os\.environ\.get\(["']{name}["'],\s*["'](\d+)["']\)""", text)
+    assert match, name
+    return int(match.group(1))
+
+
+def nginx_config_for_test(directory, upstream, port):
+    """The shipped nginx.conf with its upstream, port and /tmp paths moved for this machine."""
+    text = NGINX_CONF.read_text()
+    assert text.count("server mlapi-app:8000;") == 1 and text.count(f"listen {PROXY_PORT};") == 1
+    text = text.replace("server mlapi-app:8000;", f"server {upstream};")
+    text = text.replace(f"listen {PROXY_PORT};", f"listen 127.0.0.1:{port};")
+    assert text.count(" /tmp/") == len(nginx_directives()["pid"]) + 5  # the six paths
+    text = text.replace(" /tmp/", f" {directory}/")
+    path = directory / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def nginx_command(path):
+    command = [nginx(), "-e", "stderr", "-c", str(path)]
+    if os.geteuid() == 0:  # a root master would run its workers as nobody, outside tmp_path
+        command += ["-g", "user root;"]
+    return command
+
+
+def test_nginx_directives_reads_the_config():
+    found = nginx_directives("a 1; # b 2;\nhttp { c x  y; server { c z; } }")
+    assert found == {"a": ["1"], "http": [""], "c": ["x y", "z"], "server": [""]}
+
+
+def test_nginx_accepts_the_shipped_config(tmp_path):
+    path = nginx_config_for_test(tmp_path, "127.0.0.1:8000", 18080)
+    result = subprocess.run(
+        [*nginx_command(path), "-t"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
+
+
+def test_nginx_limits_match_the_app():
+    found = nginx_directives()
+    assert found["client_max_body_size"] == ["1m"]
+    assert Config.MAX_CONTENT_LENGTH == 1024 * 1024
+    assert found["proxy_request_buffering"] == ["on"]
+    assert found["proxy_buffering"] == ["on"]
+    # Idle upstream connections close on nginx's side first, before gunicorn's keep-alive.
+    assert found["keepalive_timeout"][0] == "4s"
+    assert int(found["keepalive_timeout"][0][:-1]) < gunicorn_default("GUNICORN_KEEPALIVE")
+    # No answer takes longer than gunicorn lets a worker be silent.
+    timeout = gunicorn_default("GUNICORN_TIMEOUT")
+    assert found["proxy_read_timeout"] == [f"{timeout}s"]
+    assert int(k8s("ConfigMap")["data"]["GUNICORN_TIMEOUT"]) == timeout
+    # A request head and a pause in a body are bounded; idle client connections outlive
+    # the upstream keep-alive of a proxy in front (ingress-nginx: 60 s).
+    assert found["client_header_timeout"] == ["10s"]
+    assert found["client_body_timeout"] == ["10s"]
+    assert int(found["keepalive_timeout"][1][:-1]) > 60
+
+
+def test_nginx_forwards_the_client_address_for_one_trusted_hop():
+    found = nginx_directives()
+    headers = dict(value.split(" ", 1) for value in found["proxy_set_header"])
+    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
+    assert headers["X-Forwarded-Proto"] == "$mlapi_forwarded_proto"
+    assert headers["X-Forwarded-Host"] == "$mlapi_forwarded_host"
+    assert k8s("ConfigMap")["data"]["MLAPI_TRUSTED_PROXIES"] == "1"
+    assert compose_services()["mlapi"]["environment"]["MLAPI_TRUSTED_PROXIES"] == "1"
+
+
+def test_nginx_writes_only_under_tmp():
+    found = nginx_directives()
+    paths = [found["pid"][0]] + [found[key][0] for key in found if key.endswith("_temp_path")]
+    assert len(paths) == 6 and all(path.startswith("/tmp/") for path in paths)
+
+
+class Nginx:
+    """nginx with the shipped config in front of a real gunicorn."""
+
+    def __init__(self, directory, upstream):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.path = nginx_config_for_test(directory, upstream, self.port)
+        self.log_path = directory / "nginx.log"
+        self.process = None
+
+    def start(self):
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            nginx_command(self.path), stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_until(self._listening, timeout=10, what=f"nginx on port {self.port}")
+        return self
+
+    def _listening(self):
+        import socket
+
+        assert self.process.poll() is None, self.log_path.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def proxied(servers, tmp_path):
+    """(nginx, gunicorn): mlapi under gunicorn as deployed, behind the shipped nginx.conf."""
+    nginx()
+    app = servers(env={"MLAPI_TRUSTED_PROXIES": "1"})
+    proxy = Nginx(tmp_path / "nginx", f"127.0.0.1:{app.port}").start()
+    yield proxy, app
+    proxy.stop()
+
+
+def slow_socket(port, first_bytes):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(first_bytes)
+    sock.setblocking(False)
+    return sock
+
+
+def closed_by_server(sock):
+    """True once the server closed the connection (any answer it sent before is read)."""
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_slow_clients_are_held_by_nginx_and_cut_off_while_normal_clients_are_served(proxied):
+    """gunicorn (1 worker, 4 threads) never sees the slow requests; nginx ends them."""
+    import time
+
+    import requests
+
+    proxy, _ = proxied
+    head = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\n"
+    body_head = (
+        b"POST /token HTTP/1.1\r\nHost: mlapi\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
+    )
+    started = time.monotonic()
+    trickling_heads = [slow_socket(proxy.port, head) for _ in range(20)]
+    trickling_bodies = [slow_socket(proxy.port, body_head + b"u") for _ in range(20)]
+    stalled_bodies = [slow_socket(proxy.port, body_head + b"u") for _ in range(20)]
+    closed_at = {}
+    latencies = []
+    try:
+        while time.monotonic() - started < 14:
+            for sock in trickling_heads + trickling_bodies:
+                if sock not in closed_at:
+                    try:
+                        sock.send(b"x")
+                    except OSError:
+                        closed_at[sock] = time.monotonic() - started
+            for sock in trickling_heads + stalled_bodies:
+                if sock not in closed_at and closed_by_server(sock):
+                    closed_at[sock] = time.monotonic() - started
+            before = time.monotonic()
+            response = requests.get(proxy.url("/health/live"), timeout=5)
+            latencies.append(time.monotonic() - before)
+            assert response.status_code == 200
+            time.sleep(0.5)
+    finally:
+        for sock in trickling_heads + trickling_bodies + stalled_bodies:
+            sock.close()
+    assert len(latencies) > 15 and max(latencies) < 1.0
+    # A head that never ends gets 10 s in total (client_header_timeout); a body that stops
+    # gets 10 s without a byte (client_body_timeout).
+    for sock in trickling_heads + stalled_bodies:
+        assert sock in closed_at
+        assert 9 <= closed_at[sock] <= 13
+    # A body that keeps trickling stays with nginx, costing no gunicorn thread.
+    assert not any(sock in closed_at for sock in trickling_bodies)
+
+
+@pytest.mark.slow
+def test_nginx_answers_its_own_errors_as_problems(proxied):
+    import requests
+
+    proxy, app = proxied
+    response = requests.post(proxy.url("/token"), data=b"x" * (1024 * 1024 + 1), timeout=10)
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["status"] == 413
+    assert requests.get(app.url("/metrics"), timeout=5).status_code == 200
+    response = requests.get(proxy.url("/metrics"), timeout=5)
+    assert response.status_code == 404
+    assert response.json()["detail"] == "Metrics are not served through the proxy."
+    app.stop()
+    response = requests.get(proxy.url("/health/live"), timeout=10)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "The service is not answering; try again shortly.",
+    }
+
+
+def request_from(address, port, path, headers=b""):
+    """A GET sent from local ``address`` (any of 127.0.0.0/8); the status code answered."""
+    import socket
+
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=5, source_address=(address, 0)
+    ) as sock:
+        sock.sendall(
+            b"GET %s HTTP/1.1\r\nHost: mlapi\r\nConnection: close\r\n%s\r\n" % (path, headers)
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0].split(b" ", 2)[1]
+
+
+@pytest.mark.slow
+def test_the_app_sees_the_client_address_that_nginx_forwards(proxied):
+    proxy, app = proxied
+    assert request_from("127.0.0.2", proxy.port, b"/users/me") == b"401"
+    # A client's own X-Forwarded-For is kept in front of the address nginx appends, and
+    # with one trusted hop the app reads only the latter: no spoofing.
+    spoofed = b"X-Forwarded-For: 203.0.113.9\r\n"
+    assert request_from("127.0.0.3", proxy.port, b"/users/me", spoofed) == b"401"
+
+    def clients():
+        return [line.get("client") for line in app.log_lines() if line.get("path") == "/users/me"]
+
+    # gunicorn writes its access line after the response has gone out.
+    wait_until(lambda: len(clients()) == 2, timeout=10, what="two access log lines")
+    assert clients() == ["127.0.0.2", "127.0.0.3"]
+
+
+# --- Kubernetes: every manifest against the API schemas --------------------------------
+
+K8S_INGRESS = DEPLOY / "k8s-ingress-nginx"
+K8S_EXTRAS = DEPLOY / "k8s-extras"
+# The oldest Kubernetes the manifests support (native sidecars are on by default from 1.29)
+# and the newest whose schemas the pinned kubernetes-validate ships.
+K8S_VERSIONS = ["1.29.0", "latest"]
+# Custom resources: no schema in kubernetes-validate; checked field by field below.
+CUSTOM_KINDS = {"PodMonitor"}
+
+MANIFESTS = sorted(
+    path
+    for folder in (K8S, K8S_INGRESS, K8S_EXTRAS)
+    for path in folder.glob("*.yaml")
+    if path.name != "kustomization.yaml"
+)
+
+
+def validate_manifest(document, version):
+    """Strict validation (unknown fields are errors) against the Kubernetes API's schema."""
+    import kubernetes_validate
+
+    if version == "latest":
+        version = kubernetes_validate.latest_version()
+    try:
+        kubernetes_validate.validate(document, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{document['kind']} {document['metadata']['name']}: {error.message}")
+
+
+def test_kubernetes_validate_rejects_an_unknown_field():
+    service = load_yaml(K8S / "service.yaml")
+    service["spec"]["ports"][0]["targetPortt"] = 8080
+    with pytest.raises(pytest.fail.Exception, match="'targetPortt' was unexpected"):
+        validate_manifest(service, K8S_VERSIONS[0])
+
+
+def test_manifests_are_found():
+    names = {str(path.relative_to(DEPLOY)) for path in MANIFESTS}
+    assert {
+        "k8s/deployment.yaml",
+        "k8s-ingress-nginx/ingress.yaml",
+        "k8s-ingress-nginx/networkpolicy.yaml",
+        "k8s-extras/podmonitor.yaml",
+        "k8s-extras/first-admin-job.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(
+    "path",
+    [path for path in MANIFESTS if load_yaml(path)["kind"] not in CUSTOM_KINDS],
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
+def test_manifest_matches_the_kubernetes_schema(path, version):
+    validate_manifest(load_yaml(path), version)
+
+
+def kustomize(folder):
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl is not installed; each manifest is validated above without it")
+    return list(yaml.safe_load_all(run(kubectl, "kustomize", str(folder))))
+
+
+@pytest.mark.parametrize("folder", [K8S, K8S_INGRESS], ids=["k8s", "k8s-ingress-nginx"])
+def test_rendered_kustomizations_match_the_kubernetes_schema(folder):
+    for document in kustomize(folder):
+        for version in K8S_VERSIONS:
+            validate_manifest(document, version)
+
+
+def test_ingress_overlay_trusts_two_proxies_and_adds_ingress_and_policy():
+    rendered = kustomize(K8S_INGRESS)
+    kinds = sorted(document["kind"] for document in rendered)
+    assert kinds == sorted(
+        [*(document["kind"] for document in kustomize(K8S)), "Ingress", "NetworkPolicy"]
+    )
+    (config,) = [
+        d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlapi-config"
+    ]
+    assert config["data"]["MLAPI_TRUSTED_PROXIES"] == "2"
+
+
+# --- Kubernetes: the proxy sidecar ----------------------------------------------------
+
+
+def proxy_sidecar():
+    (sidecar,) = pod_spec()["initContainers"]
+    return sidecar
+
+
+def test_proxy_is_a_native_sidecar_that_the_service_alone_reaches():
+    sidecar = proxy_sidecar()
+    assert sidecar["restartPolicy"] == "Always"
+    assert [port["containerPort"] for port in sidecar["ports"]] == [PROXY_PORT]
+    service_ports = [port["targetPort"] for port in k8s("Service")["spec"]["ports"]]
+    assert service_ports == [PROXY_PORT]
+    app_ports = {port["containerPort"] for port in container()["ports"]}
+    assert not app_ports & set(service_ports)
+    assert f"listen {PROXY_PORT};" in NGINX_CONF.read_text()
+
+
+def test_proxy_reaches_the_app_by_the_name_nginx_conf_uses():
+    assert "server mlapi-app:8000;" in NGINX_CONF.read_text()
+    assert {"ip": "127.0.0.1", "hostnames": ["mlapi-app"]} in pod_spec()["hostAliases"]
+    assert container()["ports"][0]["containerPort"] == 8000
+    aliases = compose_services()["mlapi"]["networks"]["default"]["aliases"]
+    assert aliases == ["mlapi-app"]
+
+
+def test_proxy_runs_the_shipped_nginx_conf_read_only():
+    sidecar = proxy_sidecar()
+    mounts = {mount["name"]: mount for mount in sidecar["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod_spec()["volumes"]}
+    (config,) = [name for name in mounts if "configMap" in volumes[name]]
+    generated = volumes[config]["configMap"]["name"]
+    (generator,) = [g for g in kustomization()["configMapGenerator"] if g["name"] == generated]
+    assert generator["files"] == [NGINX_CONF.name]
+    config_path = f"{mounts[config]['mountPath']}/nginx.conf"
+    assert sidecar["command"] == ["nginx", "-e", "stderr", "-c", config_path]
+    assert "emptyDir" in volumes[mounts["proxy-tmp"]["name"]]
+    assert mounts["proxy-tmp"]["mountPath"] == "/tmp"
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    compose = compose_services()["proxy"]
+    assert compose["command"] == sidecar["command"]
+    assert compose["volumes"] == [
+        f"./deploy/k8s/nginx.conf:{mounts[config]['mountPath']}/nginx.conf:ro"
+    ]
+    assert compose["read_only"] is True and compose["tmpfs"] == ["/tmp"]
+    assert compose["ports"] == [f"{PROXY_PORT}:{PROXY_PORT}"]
+    assert "ports" not in compose_services()["mlapi"]
+
+
+def test_every_pod_container_has_resources_and_probes():
+    for each in [*pod_spec()["initContainers"], *pod_spec()["containers"]]:
+        assert {"cpu", "memory"} <= set(each["resources"]["requests"]), each["name"]
+        assert {"cpu", "memory"} <= set(each["resources"]["limits"]), each["name"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert probe in each, (each["name"], probe)
+
+
+def test_replicas_spread_over_nodes_and_zones():
+    constraints = pod_spec()["topologySpreadConstraints"]
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert {c["topologyKey"] for c in constraints} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    for constraint in constraints:
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def every_image():
+    """(where, image) for every container image the deployment files name."""
+    images = [(f"compose {name}", s["image"]) for name, s in compose_services().items()]
+    for path in MANIFESTS:
+        document = load_yaml(path)
+        spec = document.get("spec", {}).get("template", {}).get("spec", {})
+        for each in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+            images.append((f"{path.name} {each['name']}", each["image"]))
+    return images
+
+
+def test_images_are_pinned_to_a_release():
+    images = dict(every_image())
+    assert len(images) >= 9
+    for where, image in images.items():
+        name, _, tag = image.rpartition(":")
+        if where.startswith("deployment.yaml mlapi"):  # kustomization.yaml sets its tag
+            (pinned,) = kustomization()["images"]
+            assert image == pinned["name"]
+            name, tag = pinned["newName"], pinned["newTag"]
+        assert name and tag and tag != "latest" and "latest" not in image, where
+        assert re.fullmatch(r"v?\d+(\.\d+){1,2}(-[a-z]+)?", tag), (where, tag)
+    tag = kustomization()["images"][0]["newTag"]
+    assert compose_services()["mlapi"]["image"] == f"mlapi:{tag}"
+    assert images["first-admin-job.yaml create-admin"] == f"mlapi:{tag}"
+
+
+def test_network_policy_admits_the_ingress_to_the_proxy_and_prometheus_to_the_app():
+    policy = load_yaml(K8S_INGRESS / "networkpolicy.yaml")
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = [[port["port"] for port in rule["ports"]] for rule in policy["spec"]["ingress"]]
+    assert ports == [[PROXY_PORT], [container()["ports"][0]["containerPort"]]]
+
+
+def test_ingress_limits_match_the_proxy():
+    ingress = load_yaml(K8S_INGRESS / "ingress.yaml")
+    annotations = {
+        key.removeprefix("nginx.ingress.kubernetes.io/"): value
+        for key, value in ingress["metadata"]["annotations"].items()
+    }
+    found = nginx_directives()
+    assert annotations["proxy-body-size"] == found["client_max_body_size"][0]
+    assert annotations["proxy-request-buffering"] == "on"
+    assert f"{annotations['proxy-read-timeout']}s" == found["proxy_read_timeout"][0]
+    assert annotations["proxy-next-upstream"] == "error"
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    assert backend["name"] == k8s("Service")["metadata"]["name"]
+    assert backend["port"]["name"] == k8s("Service")["spec"]["ports"][0]["name"]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_pod_monitor_scrapes_the_app_port_as_job_mlapi():
+    monitor = load_yaml(K8S_EXTRAS / "podmonitor.yaml")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(monitor["spec"]) == {"jobLabel", "selector", "podMetricsEndpoints"}
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert labels[monitor["spec"]["jobLabel"]] == "mlapi"  # the job the rules select
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == container()["ports"][0]["name"]
+    assert endpoint["path"] == "/metrics"
+    assert int(endpoint["scrapeTimeout"][:-1]) < int(endpoint["interval"][:-1])
+
+
+# --- Kubernetes: the first administrator ----------------------------------------------
+
+
+def first_admin_job():
+    return load_yaml(K8S_EXTRAS / "first-admin-job.yaml")
+
+
+def test_first_admin_job_has_the_app_settings_and_secret_files():
+    job = first_admin_job()
+    (job_container,) = job["spec"]["template"]["spec"]["containers"]
+    assert job_container["envFrom"] == container()["envFrom"]
+    files = [item for item in job_container["env"] if item["name"].endswith("_FILE")]
+    assert files == container()["env"]
+    job_volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    app_volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    assert job_volumes["secrets"] == app_volumes["secrets"]
+    assert job["spec"]["template"]["spec"]["securityContext"] == pod_spec()["securityContext"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+@pytest.mark.slow
+def test_first_admin_job_command_creates_an_admin_once(servers):
+    """The Job's command, with the example Secret's values, run against a real database."""
+    job = first_admin_job()
+    (job_container,) = job["spec"]["template"]["spec"]["containers"]
+    secret = load_yaml(K8S_EXTRAS / "first-admin.secret.example.yaml")
+    assert secret["metadata"]["name"] == "mlapi-first-admin"
+    values = {**secret["stringData"], "password": "a-first-admin-password"}
+    env = {}
+    for item in job_container["env"]:
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == secret["metadata"]["name"]
+            env[item["name"]] = values[ref["key"]]
+    assert "FLASK_USERS_CREATE_PASSWORD" in env
+    command = [
+        re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in job_container["command"]
+    ]
+    assert command[:3] == ["flask", "--app", "wsgi"]
+    server = servers(env=env, create=False)
+    created = server.flask(*command[3:])
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == "Created admin 'admin'."
+    again = server.flask(*command[3:])
+    assert again.returncode == 1 and "already exists" in again.stderr
+    server.start()
+    assert server.token("admin", "a-first-admin-password")["Authorization"].startswith("Bearer ")
+
+
+# --- Prometheus recording rules --------------------------------------------------------
+
+RECORDING_RULES = PROMETHEUS / "rules.yml"
+
+
+def recording_rules():
+    return [rule for group in load_yaml(RECORDING_RULES)["groups"] for rule in group["rules"]]
+
+
+def test_prometheus_loads_the_recording_rules():
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    assert RECORDING_RULES.name in config["rule_files"]
+
+
+def test_promtool_accepts_the_recording_rules():
+    out = run(promtool(), "check", "rules", RECORDING_RULES.name, cwd=PROMETHEUS)
+    assert f"SUCCESS: {len(recording_rules())} rules found" in out
+
+
+def test_recording_rules_pass_their_unit_tests():
+    out = run(promtool(), "test", "rules", "rules_test.yml", cwd=PROMETHEUS)
+    assert "SUCCESS" in out
+
+
+def test_recording_rules_are_named_level_metric_operations():
+    """level is the labels the rule keeps, in order; every rule keeps job."""
+    for rule in recording_rules():
+        level, metric, operations = rule["record"].split(":")
+        assert re.fullmatch(r"[a-z0-9_]+", metric) and operations, rule["record"]
+        groupings = re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"])
+        assert groupings, rule["record"]
+        for grouping in groupings:
+            labels = re.split(r",\s*", grouping.strip())
+            if not metric.endswith("_bucket"):  # quantiles aggregate the buckets away
+                labels = [label for label in labels if label != "le"]
+            assert labels[0] == "job" and "_".join(labels) == level, rule["record"]
+
+
+def test_recording_rules_read_only_exported_metrics():
+    for rule in recording_rules():
+        names = metric_names(rule["expr"])
+        assert names and all(is_exported(name) for name in names), rule["record"]
+
+
+def test_every_metric_on_the_dashboard_has_a_recording_rule():
+    def base(name):
+        stem, _, suffix = name.rpartition("_")
+        return stem if suffix in {"bucket", "sum", "count"} and stem in METRICS else name
+
+    recorded = {base(name) for rule in recording_rules() for name in metric_names(rule["expr"])}
+    shown = {base(name) for expr in dashboard_exprs() for name in metric_names(expr)}
+    assert shown - SCRAPE_SERIES <= recorded
+
+
+def test_every_recording_rule_has_a_unit_test():
+    tested = set()
+    for test in load_yaml(PROMETHEUS / "rules_test.yml")["tests"]:
+        for case in test["promql_expr_test"]:
+            tested |= set(re.findall(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", case["expr"]))
+    assert {rule["record"] for rule in recording_rules()} == tested
