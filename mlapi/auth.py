@@ -111,7 +111,9 @@ def load_user(_header, data):
     if not users.accepts(user, data):
         return None
     request.environ["mlapi.user"] = user.username
-    current_app.extensions["mlapi.active_users"].touch(user.username)
+    active = current_app.extensions["mlapi.active_users"]
+    # On budgeted views, the budget's round trip carries the activity write.
+    g.active_user_write = active.touch(user.username, deferred=_checks_generation_later())
     return user
 
 

@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 
 SCOPE = "predictions"
 
-# KEYS: the window list, the generation, the cached prediction (optional).
+# KEYS: the window list, the generation, the cached prediction, the active users' set
+#       (the last two only read or written when ARGV[5] / ARGV[6] ask).
 # ARGV: the generation the worker relies on ('' when it read SQL on this request),
-#       the limit's amount, its window in seconds, the request's cost.
+#       the limit's amount, its window in seconds, the request's cost, '1' to read the
+#       cached prediction, the user name to record as active ('' for none).
 # Returns {-1, generation} when the generation differs (nothing spent), else
 # {accepted 1/0, generation, oldest entry in the window, entries in it, now, cached value}.
 SCRIPT = """
@@ -85,8 +87,11 @@ if found then
     count = found + 1
 end
 local cached = false
-if accepted == 1 and KEYS[3] then
+if accepted == 1 and ARGV[5] == '1' then
     cached = redis.call('GET', KEYS[3])
+end
+if ARGV[6] ~= '' then
+    redis.call('ZADD', KEYS[4], now, ARGV[6])
 end
 return {accepted, generation, tostring(oldest), count, tostring(now), cached}
 """
@@ -169,10 +174,15 @@ class Budget:
 
     def _spend_in_redis(self, item, key, cost, stamp, recheck, cache_key):
         # The storage's own prefix, so this list is the one limits' RedisStorage keeps.
-        keys = [limiter.storage.prefixed_key(key), self.generation_key]
-        if cache_key is not None:
-            keys.append(self.cache_prefix + cache_key)
+        active = g.pop("active_user_write", None) or (self.generation_key, "")
+        keys = [
+            limiter.storage.prefixed_key(key),
+            self.generation_key,
+            self.cache_prefix + (cache_key or ""),
+            active[0],
+        ]
         argv = [stamp or "", item.amount, item.get_expiry(), cost]
+        argv += ["1" if cache_key is not None else "", active[1]]
         result = self._run(keys, argv)
         if result[0] == -1:
             generation = result[1].decode() if result[1] else None

@@ -109,6 +109,7 @@ class Principals:
         self.load = load or users.load_principal
         self.clock = clock
         self._entries = {}
+        self._refreshing = threading.Lock()
         # The newest generation this worker saw, from the source or the budget's script.
         self.known = None
         # Only a Redis generation can be checked later, in the budget's round trip.
@@ -137,17 +138,23 @@ class Principals:
         """
         deferred = deferred and self.can_defer
         generation = self.known if deferred else self.generation()
-        key = (username, sid)
-        entry = self._entries.get(key)
-        if (
-            generation is not None
-            and entry is not None
-            and entry[0] == generation
-            and self.clock() - entry[1] < MAX_AGE
-            and accepted(*entry[2])
-        ):
-            return entry[2], (generation if deferred else None)
-        return self.reload(username, sid, generation), None
+        entry = self._entries.get((username, sid))
+        if generation is None or entry is None or entry[0] != generation or not accepted(*entry[2]):
+            return self.reload(username, sid, generation), None
+        stamp = generation if deferred else None
+        age = self.clock() - entry[1]
+        if age < MAX_AGE:
+            return entry[2], stamp
+        # Aged out: one thread of this worker reads it again; the others keep serving
+        # the entry (of the current generation) meanwhile, up to twice MAX_AGE.
+        if not self._refreshing.acquire(blocking=False):
+            if age < 2 * MAX_AGE:
+                return entry[2], stamp
+            return self.reload(username, sid, generation), None
+        try:
+            return self.reload(username, sid, generation), None
+        finally:
+            self._refreshing.release()
 
     def reload(self, username, sid, generation):
         """Read from SQL; cached under ``generation``, which must predate the read."""

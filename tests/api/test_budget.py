@@ -67,6 +67,9 @@ def test_one_redis_round_trip_per_authenticated_request(make_app, private_redis,
             assert response.status_code == 200
             assert response.headers["X-RateLimit-Remaining"]
     assert monitor.commands == ["EVALSHA"] * 10
+    # The activity write rode along in the first request's script.
+    keys = private_redis.command("KEYS", "*active_users")
+    assert len(keys) == 1 and private_redis.command("ZSCORE", keys[0], "alice") is not None
     if path == "/predict-cached":
         assert response.get_json()["cached"] is True
 

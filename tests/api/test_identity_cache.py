@@ -186,3 +186,31 @@ def test_a_refusal_is_never_served_from_the_cache():
     assert cache.lookup("alice", "s1", accepted) == (("fresh", False), None)
     assert cache.lookup("alice", "s1", accepted) == (("fresh", False), None)
     assert len(loads) == 2
+
+
+def test_an_aged_entry_is_read_again_by_one_thread_at_a_time():
+    """Past MAX_AGE one thread re-reads; others serve the entry meanwhile, up to 2x."""
+    now = [0.0]
+    loads = []
+
+    class Fixed:
+        def current(self):
+            return "g1"
+
+    def load(username, sid):
+        loads.append(now[0])
+        return ("principal", False)
+
+    cache = identity.Principals(Fixed(), load=load, clock=lambda: now[0])
+    accepted = lambda principal, revoked: True  # noqa: E731
+    cache.lookup("alice", "s1", accepted)
+    now[0] = identity.MAX_AGE + 0.1
+    with cache._refreshing:  # another thread of the worker is reading it again
+        cache.lookup("alice", "s1", accepted)
+        assert loads == [0.0]
+        now[0] = 2 * identity.MAX_AGE + 0.1
+        cache.lookup("alice", "s1", accepted)
+        assert loads == [0.0, now[0]]
+    now[0] = 4 * identity.MAX_AGE
+    cache.lookup("alice", "s1", accepted)
+    assert len(loads) == 3
