@@ -7,6 +7,7 @@ from flask.sessions import SessionInterface
 
 import config
 from mlapi import (
+    _hs256_only,  # noqa: F401 (first: PyJWT without cryptography)
     api,
     auth,
     budget,

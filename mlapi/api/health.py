@@ -4,7 +4,6 @@ import concurrent.futures
 import logging
 import time
 
-import psutil
 import sqlalchemy as sa
 from flask import Blueprint, current_app
 from spectree import Response
@@ -47,6 +46,8 @@ def ready():
 @describe(resp=Response(HTTP_200=HostFigures), tags=["health"])
 def host_metrics():
     """CPU, memory and disk use of the host, and this worker's own figures (psutil)."""
+    import psutil  # only this probe uses it: not loaded in workers never asked
+
     process = psutil.Process()
     with process.oneshot():
         rss = process.memory_info().rss
