@@ -1,6 +1,6 @@
 """The tutorial's unversioned endpoints."""
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, request
 from flask_jwt_extended import current_user, jwt_required
 from spectree import Response
 
@@ -80,22 +80,27 @@ def predict_custom_limit(features):
     }
 
 
-def cached_average_key():
-    """The cache key of this body's features, read with the budget; None if invalid
-    (the view's own validation then answers, after the limit, as on every view)."""
+def cached_model():
+    """The model /predict-cached serves: ``?model=<name>``, by default ``average``."""
+    return request.args.get("model", "average")
+
+
+def cached_prediction_key():
+    """The cache key of this body's features, read with the budget; None if the body or
+    model is invalid (the view then answers, after the limit, as on every view)."""
     try:
-        features = read(Features)
+        return cache_key(registry().get(cached_model()), read(Features))
     except Exception:
         return None
-    return cache_key(registry().get("average"), features)
 
 
 @bp.post("/predict-cached")
-@prediction(CachedPrediction, cache_key=cached_average_key)
+@prediction(CachedPrediction, cache_key=cached_prediction_key)
 @body(Features)
 def predict_cached(features):
-    """Mean of the features, cached per feature vector for MLAPI_CACHE_TIMEOUT seconds."""
-    model, value, cached = prediction_cache().predict("average", features)
+    """A model's prediction (``?model=<name>``, default ``average``: the mean), cached
+    per model version and feature vector for MLAPI_CACHE_TIMEOUT seconds."""
+    model, value, cached = prediction_cache().predict(cached_model(), features)
     count_prediction(model, current_user.username)
     return {"prediction": value, "user": current_user.username, "cached": cached}
 
