@@ -144,8 +144,10 @@ class Budget:
         return self._items[text]
 
     def memory(self):
-        if self._memory is None:
-            self._memory = MovingWindowRateLimiter(limiter.storage)
+        """limits' moving window over flask-limiter's own storage (the app's, bound last)."""
+        storage = limiter.storage
+        if self._memory is None or self._memory.storage is not storage:
+            self._memory = MovingWindowRateLimiter(storage)
         return self._memory
 
     def spend(self, cost, stamp, recheck, cache_key=None):
@@ -159,7 +161,10 @@ class Budget:
         item = self.item()
         args = [a for a in (self.key_prefix, f"user:{get_jwt_identity()}", SCOPE) if a]
         key = item.key_for(*args)
-        if self.redis is not None and self.breaker.closed:
+        # Redis only when flask-limiter counts there too (MLAPI_REDIS_URL, and no other
+        # RATELIMIT_STORAGE_URI), so every limit is counted in one place.
+        shared = self.redis is not None and hasattr(limiter.storage, "prefixed_key")
+        if shared and self.breaker.closed:
             import redis
 
             try:
@@ -211,7 +216,8 @@ class Budget:
             return self.redis.evalsha(self.sha, len(keys), *keys, *argv)
 
     def _spend_in_memory(self, item, args, cost):
-        strategy = self.memory() if self.redis is None else self._fallback
+        shared = self.redis is not None and hasattr(limiter.storage, "prefixed_key")
+        strategy = self._fallback if shared else self.memory()
         accepted = strategy.hit(item, *args, cost=cost)
         reset_at, remaining = strategy.get_window_stats(item, *args)
         self._finish(Window(item, accepted, remaining, reset_at, time.time()))

@@ -145,3 +145,15 @@ def test_redis_down_mid_traffic_counts_in_memory_and_reads_sql(make_app, private
     with app.app_context():
         users.set_disabled("alice", True)  # announced to nobody: Redis is gone
     assert_problem(client.post("/v1/predict", json=BODY, headers=headers), 401)
+
+
+def test_with_limits_kept_in_memory_the_budget_counts_there_too(make_app, redis_url):
+    """RATELIMIT_STORAGE_URI=memory:// beside Redis: the budget counts where the limiter does."""
+    app = make_app(
+        REDIS_URL=redis_url, RATELIMIT_STORAGE_URI="memory://", PREDICT_RATE_LIMIT="2/minute"
+    )
+    client, headers = client_for(app)
+    statuses = [
+        client.post("/v1/predict", json=BODY, headers=headers).status_code for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
