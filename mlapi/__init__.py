@@ -12,6 +12,7 @@ from mlapi import (
     auth,
     budget,
     cli,
+    cors,
     database,
     errors,
     identity,
@@ -40,6 +41,8 @@ def create_app(overrides=None, instance_path=None):
     observability.init_app(app)
     # One JSON error shape for every error.
     errors.init_app(app)
+    # Browsers on other origins: off unless MLAPI_CORS_ORIGINS lists them.
+    cors.init_app(app)
     # Users and revocations in SQL, migrated on start.
     database.init_app(app)
     # Each worker's cache of token users, re-read when users or revocations change.
