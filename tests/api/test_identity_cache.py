@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from mlapi import identity, users
 from mlapi.extensions import db
-from tests.helpers import PASSWORD, client_for
+from tests.helpers import PASSWORD, assert_problem, client_for
 
 BODY = [1.0, 2.0, 3.0, 4.0]
 
@@ -214,3 +214,20 @@ def test_an_aged_entry_is_read_again_by_one_thread_at_a_time():
     now[0] = 4 * identity.MAX_AGE
     cache.lookup("alice", "s1", accepted)
     assert len(loads) == 3
+
+
+def test_a_role_change_on_another_instance_applies_on_the_next_request(make_app, redis_url):
+    """A role change (which ends the user's sessions) is seen by the other instance at once."""
+    prefix = f"mlapi-test-identity-{time.monotonic_ns()}:"
+    serving = make_app(REDIS_URL=redis_url, REDIS_KEY_PREFIX=prefix)
+    admin = make_app(REDIS_URL=redis_url, REDIS_KEY_PREFIX=prefix)
+    with serving.app_context():
+        users.create("root", PASSWORD, role="admin")
+    client = serving.test_client()
+    token = client.post("/token", data={"username": "root", "password": PASSWORD}).get_json()
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    for _ in range(3):
+        assert client.delete("/cache/invalidate", json=BODY, headers=headers).status_code == 200
+    with admin.app_context():
+        users.set_role("root", "user")
+    assert_problem(client.delete("/cache/invalidate", json=BODY, headers=headers), 401)
