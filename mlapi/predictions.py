@@ -9,7 +9,7 @@ import logging
 import os
 
 from cachelib.serializers import BaseSerializer
-from flask import current_app
+from flask import current_app, g
 from flask_caching.backends import RedisCache
 from flask_jwt_extended import current_user
 
@@ -42,6 +42,15 @@ class JSONSerializer(BaseSerializer):
 class JSONRedisCache(RedisCache):
     serializer = JSONSerializer()
 
+    @classmethod
+    def factory(cls, app, config, args, kwargs):
+        """On the app's one Redis client (mlapi/redis_client.py), not a pool of its own."""
+        shared = app.extensions.get("mlapi.redis")
+        if shared is None:
+            return super().factory(app, config, args, kwargs)
+        kwargs.update(host=shared, key_prefix=config.get("CACHE_KEY_PREFIX") or "")
+        return cls(*args, **kwargs)
+
 
 class GuardedStore:
     """The flask-caching cache, skipping a Redis that failed moments ago (see redis_client)."""
@@ -53,6 +62,9 @@ class GuardedStore:
         return self.breaker.call(fn, *args) if self.breaker else fn(*args)
 
     def get(self, key):
+        prefetched = g.get("prefetched_cache")
+        if prefetched and key in prefetched:  # read with the budget (mlapi/budget.py)
+            return JSONSerializer().loads(prefetched.pop(key))
         return self._call(cache.get, key)
 
     def set(self, key, value):

@@ -53,3 +53,10 @@ def init_app(app):
         url, health_check_interval=30, **redis_client_options(app.config)
     )
     app.extensions["mlapi.redis_breaker"] = Breaker(app.config["REDIS_RETRY_SECONDS"])
+    # One connection pool per worker: flask-limiter's storage uses this client's pool.
+    options = app.config.get("RATELIMIT_STORAGE_OPTIONS")
+    if options is not None and app.config.get("RATELIMIT_STORAGE_URI") == url:
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
+            **options,
+            "connection_pool": app.extensions["mlapi.redis"].connection_pool,
+        }

@@ -11,7 +11,6 @@ import concurrent.futures
 import logging
 import time
 
-import psutil
 import sqlalchemy as sa
 from flask import Blueprint, current_app, g
 from prometheus_client.core import GaugeMetricFamily
@@ -63,6 +62,8 @@ def ready():
 @describe(resp=Response(HTTP_200=HostFigures), tags=["health"])
 def host_metrics():
     """CPU, memory and disk use of the host, and this worker's own figures (psutil)."""
+    import psutil  # only this probe uses it: not loaded in workers never asked
+
     process = psutil.Process()
     with process.oneshot():
         rss = process.memory_info().rss
