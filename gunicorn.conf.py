@@ -62,7 +62,8 @@ threads = _whole("GUNICORN_THREADS", os.environ.get("GUNICORN_THREADS", "4"), lo
 # clients cannot hold the threads; see mlapi/worker.py. GUNICORN_WORKER_CLASS=gthread
 # gives gunicorn's own worker back (for comparison; exposed to slow clients).
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "mlapi.worker.BufferingThreadWorker")
-# Each slow client holds a connection (not a thread) until its read timeout.
+# Each slow client holds a connection (not a thread) until its read timeout; together
+# they hold at most GUNICORN_MAX_BUFFERED_BYTES per worker (mlapi/worker.py reads it).
 worker_connections = _whole(
     "GUNICORN_WORKER_CONNECTIONS", os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000")
 )
@@ -125,3 +126,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """In each worker, once its app is loaded: poll the model repository on a thread."""
+    from mlapi.predictions import start_polling
+
+    if hasattr(worker.wsgi, "extensions"):
+        start_polling(worker.wsgi)

@@ -8,12 +8,15 @@ from flask.sessions import SessionInterface
 
 import config
 from mlapi import (
+    _hs256_only,  # noqa: F401 (first: PyJWT without cryptography)
     api,
     auth,
+    budget,
     cli,
     cors,
     database,
     errors,
+    identity,
     limits,
     observability,
     predictions,
@@ -46,10 +49,13 @@ def create_app(overrides=None, instance_path=None):
     # Users and revocations in SQL (waiting a bounded time for the server), migrated on start.
     config.wait_for_database(app.config["DATABASE_URL"], app.config["DB_WAIT_SECONDS"])
     database.init_app(app)
+    # Each worker's cache of token users, re-read when users or revocations change.
+    identity.init_app(app)
     # The model registry and the prediction cache.
     predictions.init_app(app)
     # Rate limits, then token verification.
     limits.init_app(app)
+    budget.init_app(app)
     auth.init_app(app)
     # Every blueprint and the OpenAPI document.
     api.init_app(app)
