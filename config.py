@@ -116,7 +116,7 @@ class Config:
 
     # Tokens and passwords.
     ACCESS_TOKEN_MINUTES: Annotated[float, Field(gt=0, le=1440)] = 30
-    REFRESH_TOKEN_DAYS: Annotated[int, Field(ge=1, le=365)] = 7
+    REFRESH_TOKEN_DAYS: Annotated[float, Field(gt=0, le=365)] = 7
     # werkzeug hash method; stored hashes made with other parameters are upgraded at login.
     PASSWORD_HASH_METHOD: Annotated[str, AfterValidator(_hash_method)] = "scrypt:32768:8:1"
     # Shortest password accepted (NIST SP 800-63B: at least 8; 15 where a password is the
@@ -169,7 +169,7 @@ class Config:
     READY_CHECK_TIMEOUT: Annotated[float, Field(gt=0, le=30)] = 0.5
     # The checks that must pass for /health/ready to be 200 (models, database, redis).
     # Any other failing check reports "degraded" and keeps the instance ready.
-    READY_REQUIRES: str = "database,models"
+    READY_REQUIRES: str | list[str] = "database,models"
 
 
 class TestingConfig(Config):
