@@ -58,7 +58,7 @@ def test_a_kept_token_is_not_parsed_again(make_app, parses):
 
 
 def test_an_expired_kept_token_is_refused(make_app):
-    client, headers = client_for(make_app(JWT_ACCESS_TOKEN_EXPIRES=1))
+    client, headers = client_for(make_app(ACCESS_TOKEN_MINUTES=1 / 60))
     assert client.post("/v1/predict", json=BODY, headers=headers).status_code == 200
     time.sleep(1.2)
     body = assert_problem(client.post("/v1/predict", json=BODY, headers=headers), 401)
