@@ -21,6 +21,13 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# Tracing (when OTEL_* variables name an exporter) starts its exporter thread in each
+# worker after the fork (post_fork below), never in this master process; a wrong
+# OTEL_* value stops the server here. Imported after the environment above is set.
+from mlapi.observability import tracing  # noqa: E402
+
+tracing.defer_start()
+
 _log = logging.getLogger("gunicorn.error")
 
 bind = (
@@ -67,6 +74,16 @@ def on_starting(server):
         )
     for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(path)
+
+
+def post_fork(server, worker):
+    """In each new worker: start its trace exporter (a no-op when tracing is off)."""
+    tracing.start()
+
+
+def worker_exit(server, worker):
+    """A worker is stopping: send the spans it still holds (a no-op when tracing is off)."""
+    tracing.shutdown()
 
 
 def child_exit(server, worker):
