@@ -38,7 +38,13 @@ _requested_workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 _shared_state = bool(os.environ.get("MLAPI_REDIS_URL"))
 workers = _requested_workers if _shared_state else 1
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-worker_class = "gthread" if threads > 1 else "sync"
+# gthread, except that each request is read in full (head and body, within
+# GUNICORN_REQUEST_READ_TIMEOUT seconds, else 408) before a thread sees it, so slow
+# clients cannot hold the threads; see mlapi/worker.py. GUNICORN_WORKER_CLASS=gthread
+# gives gunicorn's own worker back (for comparison; exposed to slow clients).
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "mlapi.worker.BufferingThreadWorker")
+# Each slow client holds a connection (not a thread) until its read timeout.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))

@@ -42,7 +42,8 @@ def wait_until_live(base, process, log_path, timeout=60):
             with urllib.request.urlopen(f"{base}/health/live", timeout=2) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            # TimeoutError: connected while the worker was still booting (a loaded host).
             time.sleep(0.2)
     pytest.fail(f"gunicorn was not live after {timeout}s:\n{log_path.read_text()}")
 
