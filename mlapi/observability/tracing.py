@@ -172,7 +172,7 @@ def _spanned(tracer, name, fn):
 
 def _trace_auth(tracer):
     # jwt_required() calls the module-level verify_jwt_in_request of this module (a public
-    # module of flask-jwt-extended, pinned; tests/system/test_tracing.py checks the span).
+    # module of flask-jwt-extended, pinned; tests/system/test_tracing_otlp.py checks the span).
     from flask_jwt_extended import view_decorators
 
     if not getattr(view_decorators.verify_jwt_in_request, "mlapi_traced", False):
@@ -183,7 +183,7 @@ def _trace_auth(tracer):
 
 def _trace_limits(tracer, limiter):
     # Every limit decorator calls limiter._check_request_limit (flask-limiter 4.1, pinned;
-    # a private name, so tests/system/test_tracing.py checks the span).
+    # a private name, so tests/system/test_tracing_otlp.py checks the span).
     if not getattr(limiter._check_request_limit, "mlapi_traced", False):
         limiter._check_request_limit = _spanned(tracer, "mlapi.limit", limiter._check_request_limit)
 
