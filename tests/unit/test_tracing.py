@@ -116,3 +116,47 @@ def test_tracing_on_loads_the_sdk(tmp_path):
     assert report["statuses"] == [200, 200, 401]
     assert "opentelemetry.sdk.trace" in report["loaded"]
     assert "opentelemetry.instrumentation.flask" in report["loaded"]
+
+
+# A traced app whose one extra view writes a log line, called with a traceparent.
+LOG_PROBE = """
+import logging, sys
+from config import TestingConfig
+from mlapi import create_app
+
+settings = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
+settings["DATABASE_URL"] = "sqlite:///" + sys.argv[1] + "/mlapi.db"
+app = create_app(settings, instance_path=sys.argv[1])
+
+
+@app.get("/probe-log")
+def probe_log():
+    logging.getLogger("probe").warning("inside a traced request")
+    return {}
+
+
+traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+assert app.test_client().get("/probe-log", headers={"traceparent": traceparent}).status_code == 200
+"""
+
+
+def test_app_log_lines_carry_the_trace_and_span_ids(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", LOG_PROBE, str(tmp_path)],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "console"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [line] = [
+        json.loads(line)
+        for line in result.stdout.splitlines()
+        if line.startswith("{") and '"logger": "probe"' in line
+    ]
+    assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert len(line["span_id"]) == 16 and line["span_id"] != "00f067aa0ba902b7"
+    assert line["route"] == "/probe-log"
+    # The console exporter printed the request span, with that id, at exit.
+    assert f'"span_id": "0x{line["span_id"]}"' in result.stdout
