@@ -48,6 +48,13 @@ class Config:
     REFRESH_TOKEN_DAYS = 7
     # werkzeug hash method; stored hashes made with other parameters are upgraded at login.
     PASSWORD_HASH_METHOD = "scrypt:32768:8:1"
+    # Shortest password accepted (NIST SP 800-63B: at least 8; 15 where a password is the
+    # only factor, as here, under its 2025 revision). Longest: 128. See docs/operations.md.
+    PASSWORD_MIN_LENGTH = 8
+
+    # Browsers: origins allowed to call the API cross-origin (CORS), e.g.
+    # MLAPI_CORS_ORIGINS='["https://app.example.com"]'. Empty: no CORS headers at all.
+    CORS_ORIGINS = []
 
     # Request limits.
     MAX_CONTENT_LENGTH = 1024 * 1024
@@ -110,6 +117,7 @@ def configure(app, overrides=None):
     elif overrides is not None:
         config.from_object(overrides)
     check_limits(config)
+    check_password_min_length(config)
     config["SECRET_KEY"] = load_secret(app)
     config.setdefault("SERVICE_NAME", "mlapi")
     database_settings(config, app.instance_path)
@@ -145,7 +153,7 @@ def instance_secret(folder):
     """
     path = os.path.join(folder, "secret_key")
     if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, mode=0o700, exist_ok=True)  # owner only, like the files in it
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -172,6 +180,13 @@ def check_limits(config):
             raise ValueError(
                 f"MLAPI_{key}={config[key]!r} is not a rate limit like '10/minute'"
             ) from None
+
+
+def check_password_min_length(config):
+    """SP 800-63B: never under 8; over 64 would refuse passwords every verifier must take."""
+    value = config["PASSWORD_MIN_LENGTH"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= 64:
+        raise ValueError(f"MLAPI_PASSWORD_MIN_LENGTH={value!r} must be a whole number from 8 to 64")
 
 
 def redis_socket_options(config):

@@ -10,6 +10,7 @@ from mlapi import (
     api,
     auth,
     cli,
+    cors,
     database,
     errors,
     limits,
@@ -38,6 +39,8 @@ def create_app(overrides=None, instance_path=None):
     observability.init_app(app)
     # One JSON error shape for every error.
     errors.init_app(app)
+    # Browsers on other origins: off unless MLAPI_CORS_ORIGINS lists them.
+    cors.init_app(app)
     # Users and revocations in SQL, migrated on start.
     database.init_app(app)
     # The model registry and the prediction cache.

@@ -1,5 +1,7 @@
 """Admin commands: ``flask --app wsgi users ...`` and ``flask --app wsgi models ...``."""
 
+import json
+
 import click
 import numpy as np
 from flask import current_app, g
@@ -23,10 +25,15 @@ def _fail(exc):
 @click.option("--admin", is_flag=True, help="Give the user the admin role.")
 @click.option(
     "--password",
-    help="Password (at least 8 characters); prompted for, hidden, when omitted.",
+    help="Password (at least MLAPI_PASSWORD_MIN_LENGTH characters, 8 by default, not a common "
+    "one); prompted for, hidden, when omitted.",
 )
 def create_user(username, email, admin, password):
-    """Create a user."""
+    """Create a user.
+
+    USERNAME: 1 to 64 letters, digits and . _ - @; names that differ only in case or
+    Unicode width (Alice, ALICE, fullwidth ＡＬＩＣＥ) are one name.
+    """
     if password is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
@@ -37,16 +44,43 @@ def create_user(username, email, admin, password):
 
 
 @users_cli.command("list")
-def list_users():
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per user.")
+def list_users(as_json):
     """List users: name, role, state and email."""
     rows = users.all_users()
+    if as_json:
+        click.echo(json.dumps([_user_json(user) for user in rows], ensure_ascii=False, indent=2))
+        return
     if not rows:
         click.echo("No users yet. Create one with: flask --app wsgi users create NAME")
         return
-    width = max(len(u.username) for u in rows)
+    width = max(len("NAME"), *(len(u.username) for u in rows))
+    click.echo(f"{'NAME':<{width}}  {'ROLE':<5}  {'STATE':<8}  EMAIL")
     for user in rows:
         state = "disabled" if user.disabled else "enabled"
         click.echo(f"{user.username:<{width}}  {user.role:<5}  {state:<8}  {user.email or '-'}")
+
+
+def _user_json(user):
+    return {
+        "username": user.username,
+        "email": user.email,
+        "role": user.role,
+        "disabled": user.disabled,
+        "created_at": user.created_at.isoformat(),
+    }
+
+
+@users_cli.command("set-role")
+@click.argument("username")
+@click.argument("role", type=click.Choice(users.ROLES))
+def set_role(username, role):
+    """Give a user the role ROLE; their existing tokens stop working (they carry the role)."""
+    try:
+        user = users.set_role(username, role)
+    except users.UserError as exc:
+        _fail(exc)
+    click.echo(f"{user.username!r} now has the {role} role.")
 
 
 def _set_disabled(username, disabled):

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 # pg_advisory_lock key: any constant shared by every mlapi process.
 SCHEMA_LOCK_KEY = 7_266_241_001
+
+
+class MigrationRefused(RuntimeError):
+    """A migration that stopped before changing anything; its message says what to fix."""
 
 
 @contextlib.contextmanager
@@ -37,13 +42,43 @@ def schema_lock(app):
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
                 conn.commit()
         return
-    os.makedirs(app.instance_path, exist_ok=True)
-    with open(os.path.join(app.instance_path, "schema.lock"), "w") as handle:
+    make_private_folder(app.instance_path)
+    path = os.path.join(app.instance_path, "schema.lock")
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_private_folder(path):
+    """Create the folder ``path`` readable by the owner only; an existing one keeps its mode."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def create_sqlite_file(url):
+    """Create a file-backed SQLite database as an empty file of mode 0600 before SQLite does.
+
+    SQLite creates files with mode 0644 (less the umask) and gives its journal and WAL
+    files the database file's mode, so the password hashes stay the owner's.
+    """
+    url = sa.engine.make_url(url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:" or url.query:
+        return
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return  # SQLite reports the missing folder itself
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+        # Made by an earlier release, or by hand: say so, but leave the operator's file be.
+        log.warning(
+            "The SQLite database %s (password hashes) is readable by other users; "
+            "restrict it with: chmod 600 %s",
+            path,
+            path,
+        )
 
 
 def head_revision():
@@ -94,7 +129,8 @@ def ensure_schema(app):
 
 def init_app(app):
     """Bind the database (config.py derived its SQLALCHEMY_* settings) and migrate it."""
-    os.makedirs(app.instance_path, exist_ok=True)
+    make_private_folder(app.instance_path)
+    create_sqlite_file(app.config["SQLALCHEMY_DATABASE_URI"])
     db.init_app(app)
     if app.config.get("AUTO_MIGRATE", True):
         ensure_schema(app)

@@ -9,24 +9,25 @@ from flask import current_app
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from mlapi import revocation
+from mlapi import credentials, revocation
+from mlapi.credentials import UserError, username_key
 from mlapi.extensions import db
 
+__all__ = ["ROLES", "Principal", "User", "UserError", "username_key"]
+
 ROLES = ("user", "admin")
-MIN_PASSWORD_LENGTH = 8
 # Checked when the username is unknown, so that both failures cost the same time.
 _dummy_hashes = {}
-
-
-class UserError(Exception):
-    """A user operation that cannot be done (duplicate, unknown user, weak password)."""
 
 
 class User(db.Model):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # As spelt at creation, for display (token "sub", /users/me).
     username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # What names are compared by (credentials.username_key): every lookup uses it.
+    username_key: Mapped[str] = mapped_column(sa.String(256), unique=True, index=True)
     email: Mapped[str | None] = mapped_column(sa.String(254))
     password_hash: Mapped[str] = mapped_column(sa.String(256))
     role: Mapped[str] = mapped_column(sa.String(16), default="user")
@@ -40,7 +41,7 @@ class User(db.Model):
     token_key: Mapped[str | None] = mapped_column(sa.String(32))
 
     def set_password(self, password):
-        check_password(password)
+        credentials.check_password(password, self.username)
         self.password_hash = generate_password_hash(password, method=hash_method())
 
     def revoke_tokens(self):
@@ -60,13 +61,11 @@ def _dummy_hash():
     return _dummy_hashes[method]
 
 
-def check_password(password):
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise UserError(f"Password must be at least {MIN_PASSWORD_LENGTH} characters.")
-
-
 def find(username):
-    return db.session.scalar(sa.select(User).where(User.username == username))
+    """The user whose name matches ``username`` ignoring case and Unicode width, or None."""
+    if not credentials.lookupable(username):
+        return None
+    return db.session.scalar(sa.select(User).where(User.username_key == username_key(username)))
 
 
 def get(username):
@@ -77,19 +76,22 @@ def get(username):
     return user
 
 
-def valid_username(username):
-    """1 to 64 printable characters without surrounding spaces."""
-    return 0 < len(username) <= 64 and username == username.strip() and username.isprintable()
-
-
 def create(username, password, email=None, role="user"):
-    if not valid_username(username):
-        raise UserError("Username must be 1 to 64 printable characters without surrounding spaces.")
-    if role not in ROLES:
-        raise UserError(f"Role must be one of {', '.join(ROLES)}.")
-    if find(username) is not None:
-        raise UserError(f"User {username!r} already exists.")
-    user = User(username=username, email=email, role=role, disabled=False)
+    """Create a user after checking name, e-mail, role and password against the rules."""
+    credentials.check_username(username)
+    if email is not None:
+        email = credentials.check_email(email)
+    check_role(role)
+    existing = find(username)
+    if existing is not None:
+        raise UserError(_taken(username, existing))
+    user = User(
+        username=username,
+        username_key=username_key(username),
+        email=email,
+        role=role,
+        disabled=False,
+    )
     user.set_password(password)
     user.revoke_tokens()  # a fresh key: tokens of an earlier user of this name do not apply
     db.session.add(user)
@@ -97,13 +99,39 @@ def create(username, password, email=None, role="user"):
         db.session.commit()
     except sa.exc.IntegrityError:
         db.session.rollback()
-        raise UserError(f"User {username!r} already exists.") from None
+        raise UserError(_taken(username, find(username))) from None
+    return user
+
+
+def _taken(username, existing):
+    if existing is None or existing.username == username:
+        return f"User {username!r} already exists."
+    return (
+        f"User {username!r} already exists as {existing.username!r}: "
+        "names that differ only in case or Unicode width are the same name."
+    )
+
+
+def check_role(role):
+    if role not in ROLES:
+        raise UserError(f"Role must be one of {', '.join(ROLES)}.")
+
+
+def set_role(username, role):
+    """Give a user another role and end their sessions (their tokens carry the old role)."""
+    check_role(role)
+    user = get(username)
+    if user.role == role:
+        return user
+    user.role = role
+    user.revoke_tokens()
+    db.session.commit()
     return user
 
 
 def all_users():
     """Every user, by name."""
-    return db.session.scalars(sa.select(User).order_by(User.username)).all()
+    return db.session.scalars(sa.select(User).order_by(User.username_key)).all()
 
 
 def set_disabled(username, disabled):
@@ -134,7 +162,7 @@ def delete(username):
 
 def authenticate(username, password):
     """The enabled user with these credentials, or None. Takes the same time either way."""
-    user = find(username) if valid_username(username) else None
+    user = find(username)
     if user is None:
         check_password_hash(_dummy_hash(), password)
         return None
@@ -172,17 +200,18 @@ _PRINCIPAL = sa.select(
     User.disabled,
     User.token_key,
     revocation.revoked_until_column().label("revoked_until"),
-).where(User.username == sa.bindparam("username"))
+).where(User.username_key == sa.bindparam("key"))
 
 
 def load_principal(username, sid):
     """Read the user a token names and whether its session is revoked, in one SELECT.
 
     This runs on every authenticated request: a plain query on a pooled connection,
-    without an ORM session. Returns (Principal or None, revoked).
+    without an ORM session, on the unique index of the name's key. Returns
+    (Principal or None, revoked).
     """
     with db.engine.connect() as conn:
-        row = conn.execute(_PRINCIPAL, {"username": username, "sid": sid}).first()
+        row = conn.execute(_PRINCIPAL, {"key": username_key(username), "sid": sid}).first()
     if row is None:
         return None, False
     return Principal(*row[:5]), revocation.still_revoked(row.revoked_until)

@@ -96,3 +96,31 @@ def promtool():
     if os.environ.get("CI") == "true":
         pytest.fail(message + "; under CI=true this is a failure, not a skip")
     pytest.skip(message)
+
+
+# The migration before users.username_key: databases made by earlier releases.
+BEFORE_KEY = "c5b8a0702df1"
+
+
+def database_before_key(app, names):
+    """Take ``app``'s database back to BEFORE_KEY and add users called ``names`` the way
+    earlier releases could (no key, any spelling); returns the database URL."""
+    import sqlalchemy as sa
+    from flask_migrate import downgrade
+
+    from mlapi.database import MIGRATIONS, init_migrations
+    from mlapi.extensions import db
+
+    with app.app_context():
+        init_migrations(app)
+        downgrade(directory=MIGRATIONS, revision=BEFORE_KEY)
+        with db.engine.begin() as conn:
+            for name in names:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO users (username, password_hash, role, disabled, created_at)"
+                        " VALUES (:name, 'x', 'user', false, CURRENT_TIMESTAMP)"
+                    ),
+                    {"name": name},
+                )
+    return app.config["SQLALCHEMY_DATABASE_URI"]

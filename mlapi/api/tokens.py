@@ -30,7 +30,8 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def login_username():
-    return f"login-user:{request.form.get('username', '')}"
+    # By the name's key: "Alice" and "ALICE" are one account and share one budget.
+    return f"login-user:{users.username_key(request.form.get('username', '')[:256])}"
 
 
 def login_address():

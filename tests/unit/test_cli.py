@@ -88,8 +88,9 @@ def test_list_shows_role_and_state(runner):
     users_cmd(runner, "create", "root", "--admin", "--password", PASSWORD)
     users_cmd(runner, "disable", "alice")
     lines = users_cmd(runner, "list").output.splitlines()
-    assert lines[0].split() == ["alice", "user", "disabled", "a@x.io"]
-    assert lines[1].split() == ["root", "admin", "enabled", "-"]
+    assert lines[0].split() == ["NAME", "ROLE", "STATE", "EMAIL"]
+    assert lines[1].split() == ["alice", "user", "disabled", "a@x.io"]
+    assert lines[2].split() == ["root", "admin", "enabled", "-"]
 
 
 def test_list_on_empty_database_says_how_to_start(runner):
