@@ -10,8 +10,10 @@ the settings of the libraries (``SQLALCHEMY_*``, ``JWT_*``, ``RATELIMIT_*``,
 ``CACHE_*``) from them; a library key set explicitly wins over the derived one.
 """
 
+import math
 import os
 import secrets
+from datetime import timedelta
 
 import sqlalchemy as sa
 from limits import parse_many
@@ -36,6 +38,10 @@ class Config:
 
     # Storage. SQLite under the instance folder unless a SQLAlchemy URL is given.
     DATABASE_URL = None
+    # Seconds any one database wait may take: a PostgreSQL statement (ended by the server)
+    # and every answer from it (a client-side deadline, for a frozen server), a free pooled
+    # connection, and SQLite's wait for a lock. New PostgreSQL connections: at least 2 s.
+    DATABASE_TIMEOUT = 2.0
     # Redis for shared limits, cache and token revocation. Unset: in-process stores.
     REDIS_URL = None
     REDIS_SOCKET_TIMEOUT = 0.25
@@ -76,8 +82,13 @@ class Config:
     # Prediction cache.
     CACHE_TIMEOUT = 300
 
-    # Models: a folder of model files (.json, .npz) loaded at start (optional); see docs/models.md.
+    # Models: a model repository (<name>/<version>/<file>, and flat .json/.npz files) loaded
+    # at start (optional); see docs/models.md.
     MODEL_DIR = None
+    # Each worker rescans MODEL_DIR this often and serves what changed; 0 turns polling off.
+    MODEL_POLL_SECONDS = 5.0
+    # Intra-op threads per ONNX session: one per worker keeps N workers off each other's cores.
+    ONNX_THREADS = 1
 
     # Observability.
     LOG_LEVEL = "INFO"
@@ -86,6 +97,9 @@ class Config:
 
     # Readiness: seconds each dependency check may take.
     READY_CHECK_TIMEOUT = 0.5
+    # The checks that must pass for /health/ready to be 200 (models, database, redis).
+    # Any other failing check reports "degraded" and keeps the instance ready.
+    READY_REQUIRES = "database,models"
 
 
 class TestingConfig(Config):
@@ -189,9 +203,22 @@ def check_password_min_length(config):
         raise ValueError(f"MLAPI_PASSWORD_MIN_LENGTH={value!r} must be a whole number from 8 to 64")
 
 
-def redis_socket_options(config):
+def redis_client_options(config):
+    """redis-py keyword arguments for every Redis client of the app (the shared one, the
+    limiter's, the cache's): a socket timeout on connect and on every read, and at most one
+    immediate retry, only for a broken connection (a pooled socket a Redis restart closed).
+    redis-py's default retries ten times with back-off: a frozen Redis would cost a request
+    seconds instead of one socket timeout."""
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
     timeout = config["REDIS_SOCKET_TIMEOUT"]
-    return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    }
 
 
 def database_url(config, folder):
@@ -201,26 +228,47 @@ def database_url(config, folder):
     return "sqlite:///" + os.path.join(folder, "mlapi.db")
 
 
-def engine_options(url):
+def engine_options(url, timeout):
+    """Engine settings that bound every wait on the database by about ``timeout`` seconds
+    (with mlapi.postgres's client-side deadline, which database.init_app adds)."""
     backend = sa.engine.make_url(url).get_backend_name()
     if backend == "postgresql":
+        millis = int(timeout * 1000)
         return {
             "pool_pre_ping": True,
+            # Waiting for a free pooled connection.
+            "pool_timeout": timeout,
             "connect_args": {
-                "connect_timeout": 2,
-                "options": "-c statement_timeout=5000 -c lock_timeout=2000",
+                # New connections (libpq counts whole seconds, at least 2).
+                "connect_timeout": max(2, math.ceil(timeout)),
+                # The server ends slow statements and lock waits itself...
+                "options": f"-c statement_timeout={millis} -c lock_timeout={min(millis, 2000)}",
+                # ...and the kernel drops a connection whose packets go unacknowledged
+                # (a network black hole) or whose idle peer vanished.
+                "tcp_user_timeout": millis,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
             },
         }
     if backend == "sqlite":
         # A locked database answers 503 after this many seconds instead of hanging.
-        return {"connect_args": {"timeout": 2}}
-    return {"pool_pre_ping": True}
+        return {"connect_args": {"timeout": timeout}}
+    return {"pool_pre_ping": True, "pool_timeout": timeout}
 
 
 def database_settings(config, folder):
     url = database_url(config, folder)
     config["SQLALCHEMY_DATABASE_URI"] = url
-    config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
+    config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS", engine_options(url, float(config["DATABASE_TIMEOUT"]))
+    )
+
+
+def access_token_seconds(config):
+    """The access token lifetime in whole seconds (MLAPI_ACCESS_TOKEN_MINUTES may be fractional)."""
+    return max(1, round(config["ACCESS_TOKEN_MINUTES"] * 60))
 
 
 def token_settings(config):
@@ -230,18 +278,26 @@ def token_settings(config):
     config["JWT_TOKEN_LOCATION"] = ["headers"]
     # No cookies, so no CSRF claim: a shorter token is cheaper to parse on every request.
     config["JWT_COOKIE_CSRF_PROTECT"] = False
-    config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", config["ACCESS_TOKEN_MINUTES"] * 60)
+    config.setdefault("JWT_ACCESS_TOKEN_EXPIRES", timedelta(seconds=access_token_seconds(config)))
     config.setdefault("JWT_REFRESH_TOKEN_EXPIRES", config["REFRESH_TOKEN_DAYS"] * 86400)
 
 
 def limiter_settings(config):
     config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     config.setdefault("RATELIMIT_STRATEGY", config["RATE_LIMIT_STRATEGY"])
-    config.setdefault("RATELIMIT_KEY_PREFIX", config["REDIS_KEY_PREFIX"].rstrip(":"))
     if config.get("REDIS_URL"):
         config.setdefault("RATELIMIT_STORAGE_URI", config["REDIS_URL"])
-        config.setdefault("RATELIMIT_STORAGE_OPTIONS", redis_socket_options(config))
+        # The storage's own prefix starts every key, so MLAPI_REDIS_KEY_PREFIX covers them
+        # (flask-limiter's RATELIMIT_KEY_PREFIX only goes inside the storage's "LIMITS:").
+        config.setdefault(
+            "RATELIMIT_STORAGE_OPTIONS",
+            {"key_prefix": config["REDIS_KEY_PREFIX"] + "limits", **redis_client_options(config)},
+        )
         config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+        # flask-limiter falls back to memory only for the request that finds Redis failing;
+        # a concurrent request (another thread) whose Redis call fails a moment later would
+        # be a 500. It passes instead, that once: limits stay in force through the fallback.
+        config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     else:
         config.setdefault("RATELIMIT_STORAGE_URI", "memory://")
 
@@ -252,7 +308,7 @@ def cache_settings(config):
         config.setdefault("CACHE_TYPE", "mlapi.predictions.JSONRedisCache")
         config.setdefault("CACHE_REDIS_URL", config["REDIS_URL"])
         config.setdefault("CACHE_KEY_PREFIX", config["REDIS_KEY_PREFIX"] + "cache:")
-        config.setdefault("CACHE_OPTIONS", redis_socket_options(config))
+        config.setdefault("CACHE_OPTIONS", redis_client_options(config))
     else:
         config.setdefault("CACHE_TYPE", "SimpleCache")
         config.setdefault("CACHE_THRESHOLD", 10_000)

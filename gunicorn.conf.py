@@ -43,7 +43,8 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 # clients cannot hold the threads; see mlapi/worker.py. GUNICORN_WORKER_CLASS=gthread
 # gives gunicorn's own worker back (for comparison; exposed to slow clients).
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "mlapi.worker.BufferingThreadWorker")
-# Each slow client holds a connection (not a thread) until its read timeout.
+# Each slow client holds a connection (not a thread) until its read timeout; together
+# they hold at most GUNICORN_MAX_BUFFERED_BYTES per worker (mlapi/worker.py reads it).
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
@@ -97,3 +98,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """In each worker, once its app is loaded: poll the model repository on a thread."""
+    from mlapi.predictions import start_polling
+
+    if hasattr(worker.wsgi, "extensions"):
+        start_polling(worker.wsgi)

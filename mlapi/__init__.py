@@ -7,12 +7,15 @@ from flask.sessions import SessionInterface
 
 import config
 from mlapi import (
+    _hs256_only,  # noqa: F401 (first: PyJWT without cryptography)
     api,
     auth,
+    budget,
     cli,
     cors,
     database,
     errors,
+    identity,
     limits,
     observability,
     predictions,
@@ -43,10 +46,13 @@ def create_app(overrides=None, instance_path=None):
     cors.init_app(app)
     # Users and revocations in SQL, migrated on start.
     database.init_app(app)
+    # Each worker's cache of token users, re-read when users or revocations change.
+    identity.init_app(app)
     # The model registry and the prediction cache.
     predictions.init_app(app)
     # Rate limits, then token verification.
     limits.init_app(app)
+    budget.init_app(app)
     auth.init_app(app)
     # Every blueprint and the OpenAPI document.
     api.init_app(app)

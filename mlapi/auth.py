@@ -9,16 +9,18 @@ mlapi/api/tokens.py.
 from functools import wraps
 
 from flask import current_app, g, request
-from flask_jwt_extended import current_user
+from flask_jwt_extended import current_user, get_jwt
 from werkzeug.exceptions import Unauthorized
 
-from mlapi import users
+from mlapi import identity, token_cache, users
 from mlapi.errors import InsufficientScope, InvalidToken, problem_response
 from mlapi.extensions import jwt
 from mlapi.observability.metrics import count_auth_failure
 
 ALLOWED_HEADERS = frozenset({"alg", "typ"})
 REQUIRED_CLAIMS = frozenset({"sub", "exp", "iat", "jti", "type", "sid", "sexp", "tkey"})
+REVOKED = "The bearer token has been revoked."
+INACTIVE = "The user of this token no longer exists, is disabled, or changed their password."
 
 
 def admin_required(view):
@@ -41,6 +43,8 @@ def _invalid(reason, detail):
 
 def init_app(app):
     jwt.init_app(app)
+    # Each token verified once per worker, not parsed four times per request.
+    token_cache.init_app(app, jwt)
     app.wsgi_app = BearerSchemeNormalizer(app.wsgi_app)
 
 
@@ -60,12 +64,41 @@ class BearerSchemeNormalizer:
 
 @jwt.token_in_blocklist_loader
 def is_revoked(_header, data):
-    """Read the session's revocation and, in the same query, the token's user."""
+    """The session's revocation and the token's user: one SQL query, or the worker's
+    cache of it while no user or revocation changed (mlapi/identity.py).
+
+    On views under the prediction budget, the cache's generation is checked in the
+    budget's Redis round trip (mlapi/budget.py), which calls :func:`recheck`.
+    """
     sid = data.get("sid")
     if sid is None:
         return True
-    g.principal, revoked = users.load_principal(data["sub"], sid)
+
+    def accepted(principal, revoked):
+        return not revoked and users.accepts(principal, data)
+
+    (g.principal, revoked), g.identity_stamp = identity.principals().lookup(
+        data["sub"], sid, accepted, deferred=_checks_generation_later()
+    )
     return revoked
+
+
+def _checks_generation_later():
+    view = current_app.view_functions.get(request.endpoint)
+    return getattr(view, "checks_identity_generation", False)
+
+
+def recheck(generation):
+    """Read the request's user again from SQL; raise a 401 if the token is now refused."""
+    data = get_jwt()
+    principal, revoked = identity.principals().reload(data["sub"], data["sid"], generation)
+    g.identity_stamp = None
+    if revoked:
+        count_auth_failure("revoked_token")
+        raise InvalidToken(REVOKED)
+    if not users.accepts(principal, data):
+        count_auth_failure("inactive_user")
+        raise InvalidToken(INACTIVE)
 
 
 @jwt.user_lookup_loader
@@ -78,7 +111,9 @@ def load_user(_header, data):
     if not users.accepts(user, data):
         return None
     request.environ["mlapi.user"] = user.username
-    current_app.extensions["mlapi.active_users"].touch(user.username)
+    active = current_app.extensions["mlapi.active_users"]
+    # On budgeted views, the budget's round trip carries the activity write.
+    g.active_user_write = active.touch(user.username, deferred=_checks_generation_later())
     return user
 
 
@@ -112,7 +147,7 @@ def expired_token(_header, _data):
 
 @jwt.revoked_token_loader
 def revoked_token(_header, _data):
-    return _invalid("revoked_token", "The bearer token has been revoked.")
+    return _invalid("revoked_token", REVOKED)
 
 
 @jwt.token_verification_failed_loader
@@ -122,10 +157,7 @@ def unverifiable_token(_header, _data):
 
 @jwt.user_lookup_error_loader
 def inactive_user(_header, _data):
-    return _invalid(
-        "inactive_user",
-        "The user of this token no longer exists, is disabled, or changed their password.",
-    )
+    return _invalid("inactive_user", INACTIVE)
 
 
 @jwt.needs_fresh_token_loader

@@ -1,6 +1,7 @@
 """Admin commands: ``flask --app wsgi users ...`` and ``flask --app wsgi models ...``."""
 
 import json
+import os
 
 import click
 import numpy as np
@@ -8,11 +9,37 @@ from flask import current_app, g
 from flask.cli import AppGroup, with_appcontext
 
 from mlapi import users
-from mlapi.predictions import registry
+from mlapi.database import UNAVAILABLE, ensure_schema, unavailable_reason
+from mlapi.predictions import registry, reloader
+from mlapi.serving.datatypes import NUMPY_DTYPES
 from mlapi.serving.errors import ModelLoadError, PredictionError
-from mlapi.serving.loading import load_file
+from mlapi.serving.loader import LoadSettings, build
+from mlapi.serving.loading import PICKLE_SUFFIXES, load_file
+from mlapi.serving.onnx import load_onnx
+from mlapi.serving.repository import REFUSED
 
-users_cli = AppGroup("users", help="Manage API users.")
+
+class DatabaseCommands(AppGroup):
+    """Commands on the user database: a database that is down, locked or too slow is
+    reported in one sentence with exit status 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UNAVAILABLE as exc:
+            raise click.ClickException(
+                f"The user database is unavailable ({unavailable_reason(exc)}); "
+                "retry when it answers."
+            ) from None
+
+
+@click.group("users", cls=DatabaseCommands)
+@with_appcontext
+def users_cli():
+    """Manage API users."""
+    app = current_app._get_current_object()
+    if app.extensions.pop("mlapi.schema_pending", False):
+        ensure_schema(app)  # it failed when the app was loaded: try again, or report it
 
 
 def _fail(exc):
@@ -170,29 +197,52 @@ models_cli = AppGroup("models", help="Inspect prediction models and check model 
 
 @models_cli.command("list")
 def list_models():
-    """List models: name, version, declared inputs, and readiness."""
+    """List models: name, version, readiness (with the reason when not ready), inputs."""
     models = registry()
     rows = [
-        models.get(name, version)
+        (name, version, "yes", _describe_inputs(models.get(name, version)))
         for name in sorted({model.name for model in models})
         for version in models.versions(name)
     ]
-    name_width = max(len("NAME"), *(len(m.name) for m in rows))
-    version_width = max(len("VERSION"), *(len(m.version) for m in rows))
+    for key, reason in sorted(models.snapshot.failures.items()):
+        name, _, version = key.partition("/")
+        rows.append((name, version or "-", "no", reason))
+    name_width = max(len("NAME"), *(len(row[0]) for row in rows))
+    version_width = max(len("VERSION"), *(len(row[1]) for row in rows))
     click.echo(f"{'NAME':<{name_width}}  {'VERSION':<{version_width}}  READY  INPUTS")
-    for model in rows:
-        # Models load at start or the app does not start, so every listed model is ready.
-        click.echo(
-            f"{model.name:<{name_width}}  {model.version:<{version_width}}  yes    "
-            f"{model.input_tensor.describe()}"
-        )
+    for name, version, ready, detail in rows:
+        click.echo(f"{name:<{name_width}}  {version:<{version_width}}  {ready:<5}  {detail}")
+
+
+def _describe_inputs(model):
+    tensor = getattr(model, "input_tensor", None)
+    if tensor is not None:
+        return tensor.describe()
+    return ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in model.inputs)
 
 
 @models_cli.command("check")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(exists=True))
 def check_model(path):
-    """Load the model file PATH and run one prediction on zeros."""
+    """Load PATH and run it on zeros: a model file, or a repository folder (every model)."""
+    if os.path.isdir(path):
+        _check_repository(path)
+        return
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in REFUSED and suffix not in PICKLE_SUFFIXES:
+        _fail(f"{path}: refused: {REFUSED[suffix]}.")
     try:
+        if suffix == ".onnx":
+            model = load_onnx(path, current_app.config["ONNX_THREADS"])
+            outputs = model.predict({spec.name: _zeros(spec) for spec in model.inputs})
+            click.echo(f"{path}: ONNX model ({model.platform})")
+            for spec in model.inputs:
+                click.echo(f"  input  {spec.name} {spec.datatype} {list(spec.shape)}")
+            for spec in model.outputs:
+                click.echo(f"  output {spec.name} {spec.datatype} {list(spec.shape)}")
+            for name, value in outputs.items():
+                click.echo(f"  {name} on zeros: {np.asarray(value).ravel()[:5].tolist()!r}")
+            return
         model = load_file(path, current_app.config["MAX_FEATURES"])
         value = model.predict(np.zeros((1, model.n_features or 1)))[0]
     except ModelLoadError as exc:
@@ -203,6 +253,69 @@ def check_model(path):
     click.echo(f"  input  {model.input_tensor.describe()}")
     click.echo(f"  output {model.output_tensor.describe()}")
     click.echo(f"  prediction on zeros: {float(value)!r}")
+
+
+def _zeros(spec):
+    """A batch of one row of zeros (empty strings for BYTES) in the tensor's declared shape."""
+    shape = [1 if dim == -1 else dim for dim in spec.shape]
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+
+
+def _check_repository(path):
+    """Load every model of the repository at ``path`` as the server would; fail if one fails."""
+    config = current_app.config
+    try:
+        snapshot = build(path, LoadSettings(config["MAX_FEATURES"], config["ONNX_THREADS"]))
+    except ModelLoadError as exc:
+        _fail(exc)
+    for model in sorted(_repository_models(snapshot), key=lambda m: (m.name, m.version)):
+        click.echo(f"ok      {model.name}:{model.version}  {model.source}")
+    for key, reason in sorted(snapshot.failures.items()):
+        click.echo(f"failed  {key}: {reason}")
+    if snapshot.failures:
+        _fail(f"{len(snapshot.failures)} model(s) or version(s) in {path} cannot be served.")
+
+
+def _repository_models(snapshot):
+    return [
+        model
+        for versions in snapshot.models.values()
+        for model in versions.values()
+        if model.source != "built-in"
+    ]
+
+
+@models_cli.command("load")
+@click.argument("name")
+def load_model(name):
+    """Load model NAME from MLAPI_MODEL_DIR again; running workers follow at their next poll."""
+    if not current_app.config.get("MODEL_DIR"):
+        _fail("MLAPI_MODEL_DIR is not set: there is no repository to load from.")
+    snapshot = reloader().load(name)
+    versions = snapshot.models.get(name, {})
+    failures = {k: v for k, v in snapshot.failures.items() if k.split("/")[0] == name}
+    for version in sorted(versions):
+        click.echo(f"ok      {name}:{version}")
+    for key, reason in sorted(failures.items()):
+        click.echo(f"failed  {key}: {reason}")
+    if not versions:
+        _fail(
+            f"Model {name!r} is not served."
+            if failures
+            else f"No model {name!r} in the repository."
+        )
+
+
+@models_cli.command("unload")
+@click.argument("name")
+def unload_model(name):
+    """Stop serving model NAME on every worker until ``flask models load NAME``."""
+    if name not in (registry().snapshot.scan.models if registry().snapshot.scan else {}):
+        _fail(f"No model folder {name!r} in the repository.")
+    reloader().unload(name)
+    click.echo(f"Unloaded {name!r}; running workers follow at their next poll.")
 
 
 def init_app(app):

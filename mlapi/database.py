@@ -15,6 +15,7 @@ import re
 import stat
 from pathlib import Path
 
+import click
 import sqlalchemy as sa
 
 from mlapi.extensions import db
@@ -24,6 +25,27 @@ log = logging.getLogger(__name__)
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 # pg_advisory_lock key: any constant shared by every mlapi process.
 SCHEMA_LOCK_KEY = 7_266_241_001
+
+
+# The database is down, locked, or too slow: a 503 for the API, one sentence for the CLI.
+UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+def unavailable_reason(exc):
+    """The first line of the driver's message, e.g. "database is locked"."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines() or [type(original).__name__]
+    return lines[0].strip().rstrip(".")[:200]
+
+
+def discard_session(_exc=None):
+    """End the request's session; a rollback the database cannot answer (it froze after
+    the last query) costs its deadline, then the connection is dropped, never an error."""
+    try:
+        db.session.remove()
+    except UNAVAILABLE as exc:
+        log.warning("session rollback failed (%s); connection dropped", unavailable_reason(exc))
+        db.session.registry.clear()
 
 
 class MigrationRefused(RuntimeError):
@@ -132,5 +154,21 @@ def init_app(app):
     make_private_folder(app.instance_path)
     create_sqlite_file(app.config["SQLALCHEMY_DATABASE_URI"])
     db.init_app(app)
+    # Registered after Flask-SQLAlchemy's own teardown, so it runs first (reverse order).
+    app.teardown_appcontext(discard_session)
+    with app.app_context():
+        if db.engine.dialect.driver == "psycopg":
+            # Imported only here: SQLite deployments do without psycopg.
+            from mlapi.postgres import connect_with_deadline
+
+            deadline = float(app.config["DATABASE_TIMEOUT"])
+            sa.event.listen(db.engine, "do_connect", connect_with_deadline(deadline))
     if app.config.get("AUTO_MIGRATE", True):
-        ensure_schema(app)
+        try:
+            ensure_schema(app)
+        except UNAVAILABLE:
+            if click.get_current_context(silent=True) is None:
+                raise
+            # Loaded for a CLI command: the command reports the failure in one sentence
+            # (mlapi.cli), instead of a traceback from the app's import.
+            app.extensions["mlapi.schema_pending"] = True

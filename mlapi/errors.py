@@ -2,12 +2,13 @@
 
 Code anywhere raises (``abort``, werkzeug exceptions, the problems below, the
 serving errors of mlapi/serving/errors.py); the handlers registered here turn every
-error into ``application/problem+json``, except :class:`ProtocolError`: the Open
-Inference Protocol routes raise it, and it is rendered as that protocol's
-``{"error": "..."}``.
+error into ``application/problem+json``, except on the Open Inference Protocol
+routes: there :class:`ProtocolError` and the serving errors are rendered as that
+protocol's ``{"error": "..."}``.
 """
 
 import logging
+import math
 
 import sqlalchemy.exc
 from flask import current_app, g, json, request
@@ -22,12 +23,22 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+from mlapi.database import discard_session
 from mlapi.extensions import db
-from mlapi.serving.errors import ModelNotFound, PredictionError, error_item
+from mlapi.serving.errors import (
+    CacheUnavailable,
+    InferenceError,
+    ModelLoadError,
+    ModelNotFound,
+    PredictionError,
+    error_item,
+)
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MIMETYPE = "application/problem+json"
+# Blueprints of the Open Inference Protocol, whose clients read {"error": "..."}.
+PROTOCOL_BLUEPRINTS = frozenset({"inference"})
 
 
 class ValidationProblem(UnprocessableEntity):
@@ -52,6 +63,15 @@ class InsufficientScope(Forbidden):
 
     problem_type = "/problems/insufficient-scope"
     bearer_error = "insufficient_scope"
+
+
+class TokenRequestError(HTTPException):
+    """A token request the server refuses, with its RFC 6749 §5.2 error code."""
+
+    def __init__(self, error, detail, code=400):
+        super().__init__(description=detail)
+        self.code = code
+        self.oauth_error = error
 
 
 class ProtocolError(HTTPException):
@@ -100,6 +120,10 @@ def problem_response(exc):
     errors = getattr(exc, "errors", None)
     if errors:
         body["errors"] = errors
+    oauth_error = getattr(exc, "oauth_error", None)
+    if oauth_error:
+        body["error"] = oauth_error
+        body["error_description"] = exc.description
     headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
     if status != 429 and getattr(exc, "retry_after", None):
         g.retry_after = exc.retry_after
@@ -130,18 +154,30 @@ def handle_database_error(exc):
     log.error(
         "database unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__
     )
-    db.session.rollback()
+    discard_session()
     return problem_response(
         ServiceUnavailable("The user database is unavailable; retry shortly.", retry_after=1)
     )
 
 
 def handle_protocol_error(exc):
+    return protocol_response(exc.description, exc.code)
+
+
+def protocol_response(message, status):
     return current_app.response_class(
-        json.dumps({"error": exc.description}) + "\n",
-        status=exc.code,
-        mimetype="application/json",
+        json.dumps({"error": message}) + "\n", status=status, mimetype="application/json"
     )
+
+
+def handle_cache_unavailable(exc):
+    """Redis failed where no fallback is honest (an invalidation): 503, retry shortly."""
+    retry = math.ceil(current_app.config["REDIS_RETRY_SECONDS"])
+    return problem_response(ServiceUnavailable(str(exc), retry_after=retry))
+
+
+def on_protocol_route():
+    return request.blueprint in PROTOCOL_BLUEPRINTS
 
 
 def handle_data_error(exc):
@@ -156,11 +192,26 @@ def validation_problem(exc):
 
 
 def handle_prediction_error(exc):
+    """A model cannot use the input: 400 ``{"error"}`` on protocol routes, else a 422 problem."""
+    if isinstance(exc, InferenceError) and exc.log_detail:
+        log.warning("inference refused on %s: %s", request.path, exc.log_detail)
+    if on_protocol_route():
+        return protocol_response(exc.detail, 400)
     return problem_response(validation_problem(exc))
 
 
 def handle_model_not_found(exc):
-    return problem_response(NotFound(f"No model {exc.args[0]} is loaded."))
+    message = f"No model {exc.args[0]} is loaded."
+    if on_protocol_route():
+        return protocol_response(message, 404)
+    return problem_response(NotFound(message))
+
+
+def handle_model_load_error(exc):
+    """A model an administrator asked to load cannot be: the reason, as a 400."""
+    if on_protocol_route():
+        return protocol_response(str(exc), 400)
+    return problem_response(BadRequest(str(exc)))
 
 
 def handle_unexpected(exc):
@@ -179,4 +230,6 @@ def init_app(app):
     app.register_error_handler(ProtocolError, handle_protocol_error)
     app.register_error_handler(PredictionError, handle_prediction_error)
     app.register_error_handler(ModelNotFound, handle_model_not_found)
+    app.register_error_handler(CacheUnavailable, handle_cache_unavailable)
+    app.register_error_handler(ModelLoadError, handle_model_load_error)
     app.register_error_handler(Exception, handle_unexpected)

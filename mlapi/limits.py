@@ -5,6 +5,7 @@ every worker and host counts together; otherwise it is in-process memory,
 which is exact only because the embedded mode runs a single worker process.
 """
 
+import logging
 import math
 import time
 
@@ -14,6 +15,8 @@ from limits import parse
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mlapi.extensions import limiter
+
+log = logging.getLogger(__name__)
 
 
 def by_address():
@@ -53,12 +56,21 @@ def strip_retry_after(response):
 
 
 def add_ietf_headers(response):
-    """Mirror the limit in the IETF draft's ``RateLimit-Policy`` and ``RateLimit`` headers."""
+    """Mirror the limit in the IETF draft's ``RateLimit-Policy`` and ``RateLimit`` headers.
+
+    Reading the window is a storage round trip: when Redis fails between the limit's hit
+    and this hook, the response goes out without these headers (flask-limiter's own hook,
+    next, falls back to memory), never as an error.
+    """
     current = limiter.current_limit
     if current is None:
         return response
     window = current.limit.get_expiry()
-    reset = max(0, math.ceil(current.reset_at - time.time()))
+    try:
+        reset = max(0, math.ceil(current.reset_at - time.time()))
+    except Exception:
+        log.warning("rate limit storage unavailable; response sent without RateLimit headers")
+        return response
     name = "default"
     response.headers["RateLimit-Policy"] = f'"{name}";q={current.limit.amount};w={window}'
     response.headers["RateLimit"] = f'"{name}";r={current.remaining};t={reset}'
@@ -72,6 +84,7 @@ def init_app(app):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     # after_request hooks run last-registered first: this one runs after the limiter's.
     app.after_request(strip_retry_after)
+    limiter.recheck_seconds = config["REDIS_RETRY_SECONDS"]
     limiter.init_app(app)
     app.after_request(add_ietf_headers)
     if not (config.get("RATELIMIT_DEFAULT") or config.get("RATELIMIT_APPLICATION")):

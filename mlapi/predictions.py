@@ -6,17 +6,20 @@ the files of MLAPI_MODEL_DIR) and one prediction cache to each app.
 
 import json
 import logging
+import os
 
 from cachelib.serializers import BaseSerializer
-from flask import current_app
+from flask import current_app, g
 from flask_caching.backends import RedisCache
 from flask_jwt_extended import current_user
 
+from config import ConfigurationError
 from mlapi.extensions import cache
 from mlapi.observability.metrics import count_cache, count_prediction, observe_model
 from mlapi.serving.cache import PredictionCache
-from mlapi.serving.loading import load_dir
+from mlapi.serving.loader import LoadSettings
 from mlapi.serving.registry import ModelRegistry
+from mlapi.serving.reload import Reloader
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,15 @@ class JSONSerializer(BaseSerializer):
 class JSONRedisCache(RedisCache):
     serializer = JSONSerializer()
 
+    @classmethod
+    def factory(cls, app, config, args, kwargs):
+        """On the app's one Redis client (mlapi/redis_client.py), not a pool of its own."""
+        shared = app.extensions.get("mlapi.redis")
+        if shared is None:
+            return super().factory(app, config, args, kwargs)
+        kwargs.update(host=shared, key_prefix=config.get("CACHE_KEY_PREFIX") or "")
+        return cls(*args, **kwargs)
+
 
 class GuardedStore:
     """The flask-caching cache, skipping a Redis that failed moments ago (see redis_client)."""
@@ -50,6 +62,9 @@ class GuardedStore:
         return self.breaker.call(fn, *args) if self.breaker else fn(*args)
 
     def get(self, key):
+        prefetched = g.get("prefetched_cache")
+        if prefetched and key in prefetched:  # read with the budget (mlapi/budget.py)
+            return JSONSerializer().loads(prefetched.pop(key))
         return self._call(cache.get, key)
 
     def set(self, key, value):
@@ -64,6 +79,11 @@ class GuardedStore:
 def registry():
     """The app's model registry."""
     return current_app.extensions["mlapi.models"]
+
+
+def reloader():
+    """The app's model reloader (repository polling, load and unload)."""
+    return current_app.extensions["mlapi.reloader"]
 
 
 def prediction_cache():
@@ -87,12 +107,33 @@ def predict_rows(name, rows, version):
 
 def init_app(app):
     models = ModelRegistry(observe=observe_model)
-    directory = app.config.get("MODEL_DIR")
-    if directory:
-        for model in load_dir(directory, app.config["MAX_FEATURES"]):
-            models.register(model)
-            log.info("loaded model %s:%s from %s", model.name, model.version, model.source)
+    models_reloader = Reloader(
+        models,
+        app.config.get("MODEL_DIR"),
+        load_settings(app.config),
+        os.path.join(app.instance_path, "model-control.json"),
+    )
+    snapshot = models_reloader.reload()
+    for key, reason in snapshot.failures.items():
+        log.warning("model %s is not served: %s", key, reason)
     app.extensions["mlapi.models"] = models
+    app.extensions["mlapi.reloader"] = models_reloader
     cache.init_app(app)
     store = GuardedStore(app.extensions.get("mlapi.redis_breaker"))
     app.extensions["mlapi.prediction_cache"] = PredictionCache(models, store, count_cache)
+
+
+def load_settings(config):
+    threads, poll = config["ONNX_THREADS"], config["MODEL_POLL_SECONDS"]
+    if type(threads) is not int or threads < 1:
+        raise ConfigurationError(f"MLAPI_ONNX_THREADS must be a positive integer, got {threads!r}")
+    if type(poll) not in (int, float) or poll < 0:
+        raise ConfigurationError(
+            f"MLAPI_MODEL_POLL_SECONDS must be a number of seconds >= 0, got {poll!r}"
+        )
+    return LoadSettings(config["MAX_FEATURES"], threads)
+
+
+def start_polling(app):
+    """Start this process's repository poller (gunicorn calls it in each worker, after fork)."""
+    app.extensions["mlapi.reloader"].start(app.config["MODEL_POLL_SECONDS"])

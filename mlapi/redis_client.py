@@ -3,10 +3,16 @@
 After a Redis call fails, callers skip Redis for ``REDIS_RETRY_SECONDS`` and use
 their fallback (no cache, no active-user update), so an unreachable or paused Redis costs a
 request at most one socket timeout instead of one per call.
+
+Every Redis client of the app (this one, the limiter's, the cache's) is built with
+``config.redis_client_options``: a deadline on every socket call and no retries but one
+for a broken connection.
 """
 
 import logging
 import time
+
+from config import redis_client_options
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +49,14 @@ def init_app(app):
         return
     import redis  # only with Redis configured: the embedded mode does without it
 
-    timeout = app.config["REDIS_SOCKET_TIMEOUT"]
     app.extensions["mlapi.redis"] = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
+        url, health_check_interval=30, **redis_client_options(app.config)
     )
     app.extensions["mlapi.redis_breaker"] = Breaker(app.config["REDIS_RETRY_SECONDS"])
+    # One connection pool per worker: flask-limiter's storage uses this client's pool.
+    options = app.config.get("RATELIMIT_STORAGE_OPTIONS")
+    if options is not None and app.config.get("RATELIMIT_STORAGE_URI") == url:
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
+            **options,
+            "connection_pool": app.extensions["mlapi.redis"].connection_pool,
+        }

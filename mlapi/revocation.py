@@ -15,12 +15,21 @@ restart or eviction cannot bring a revoked token back.
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mlapi.extensions import db
 
-UPSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+def upsert_insert(dialect_name):
+    """The dialect's INSERT with ON CONFLICT, or None. Imported on first logout: a
+    worker loads only its own database's dialect (the other costs about 2 MiB)."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect_name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    return insert
 
 
 class RevokedSession(db.Model):
@@ -37,7 +46,7 @@ def revoke(sid, expires_at):
     db.session.execute(
         sa.delete(RevokedSession).where(RevokedSession.expires_at < datetime.now(UTC))
     )
-    insert = UPSERT.get(db.engine.dialect.name)
+    insert = upsert_insert(db.engine.dialect.name)
     if insert is None:  # another database: a plain merge (not safe under races)
         db.session.merge(RevokedSession(sid=sid, expires_at=until))
     else:

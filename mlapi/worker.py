@@ -10,9 +10,10 @@ changes one step: the worker's event loop reads a request (head, then body up to
 app's ``MAX_CONTENT_LENGTH``, by Content-Length or chunked) without blocking, and only a
 complete request goes to a thread, which parses it from memory. A client that has not
 sent its whole request within ``GUNICORN_REQUEST_READ_TIMEOUT`` seconds of its first
-byte (or of the connection, for a new one) is answered 408 and closed. The loop also
-closes connections without blocking, where gthread lingers for up to 2 s in its only
-event-loop thread.
+byte (or of the connection, for a new one) is answered 408 and closed. Bytes held per
+request and per worker are bounded (413, 431, 503), and a thread's sends to a client
+that stops reading time out. The loop also closes connections without blocking, where
+gthread lingers for up to 2 s in its only event-loop thread.
 
 This relies on gthread's internals (``ThreadWorker.enqueue_req``, ``finish_request``,
 ``TConn`` fields, the parser's unreader); gunicorn is pinned in requirements.txt and
@@ -25,23 +26,34 @@ import os
 import re
 import selectors
 import socket
+import struct
 import time
 from functools import partial
+from io import BytesIO
 
 from gunicorn import http
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.http.body import CHUNK_EXT_RE, Body, ChunkedReader
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 #: Seconds a client has for its whole request: head and body, from its first byte.
 READ_TIMEOUT = float(os.environ.get("GUNICORN_REQUEST_READ_TIMEOUT", "10"))
+#: Seconds a thread waits for a client that does not read its response to take more of it.
+SEND_TIMEOUT = float(os.environ.get("GUNICORN_RESPONSE_SEND_TIMEOUT", READ_TIMEOUT))
+#: Bytes of unfinished requests one worker holds; past it a request in progress gets 503.
+MAX_BUFFERED = int(os.environ.get("GUNICORN_MAX_BUFFERED_BYTES", 64 * 1024 * 1024))
 #: Body limit when the app has no MAX_CONTENT_LENGTH of its own.
 DEFAULT_MAX_BODY = 1024 * 1024
 #: Largest request head held (nginx holds 32 KiB at most); larger ones get 431.
 MAX_HEAD = 64 * 1024
+#: Longest chunk-size line (with its extensions), as gunicorn's default field size.
+MAX_CHUNK_LINE = 8190
 #: Seconds a closing connection may take to send its last bytes before it is cut.
 LINGER_SECONDS = 2.0
 RECV_SIZE = 65536
 _DIGITS = re.compile(rb"[0-9]+")
-_HEX = re.compile(rb"[0-9a-fA-F]+")
+_OBS_FOLD = re.compile(rb"\r\n[ \t]")
+# A chunk-size line as gunicorn's parser reads it: hex digits, then extensions.
+_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]+)" + CHUNK_EXT_RE.pattern)
 _FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|expect):([^\r]*)", re.IGNORECASE)
 
 
@@ -49,10 +61,12 @@ class PendingRequest:
     """The bytes of a request received so far, and where the request ends in them.
 
     It only frames, by RFC 9112's rules; gunicorn's parser still validates. A head it
-    cannot frame is handed over as it is, and gunicorn refuses it (400).
+    cannot frame is handed over as it is, and gunicorn refuses it (400). Chunks are
+    followed by gunicorn's own grammar, so both always agree where a request ends;
+    what its parser would refuse is MALFORMED, and the worker answers 400.
     """
 
-    INCOMPLETE, COMPLETE, HEAD_TOO_LARGE, BODY_TOO_LARGE = range(4)
+    INCOMPLETE, COMPLETE, HEAD_TOO_LARGE, BODY_TOO_LARGE, MALFORMED = range(5)
 
     __slots__ = (
         "data",
@@ -66,6 +80,7 @@ class PendingRequest:
         "chunk_at",
         "chunked_size",
         "searched",
+        "held",
     )
 
     def __init__(self, data, deadline, max_head, max_body):
@@ -80,13 +95,16 @@ class PendingRequest:
         self.chunk_at = 0  # offset of the next chunk-size line of a chunked body
         self.chunked_size = 0  # sum of the chunk sizes seen so far
         self.searched = 0
+        self.held = 0  # bytes of data the worker counts as buffered
 
     def scan(self):
-        """Where the request stands: INCOMPLETE, COMPLETE, HEAD_ or BODY_TOO_LARGE."""
+        """Where the request stands: INCOMPLETE, COMPLETE, HEAD_ or BODY_TOO_LARGE, MALFORMED."""
         data = self.data
         if self.head_end is None:
             found = data.find(b"\r\n\r\n", max(self.searched - 3, 0))
             if found < 0:
+                if data.find(b"\n\n", max(self.searched - 1, 0)) >= 0:
+                    return self.COMPLETE  # a bare LF ends the head: gunicorn refuses it
                 self.searched = len(data)
                 return self.HEAD_TOO_LARGE if len(data) > self.max_head else self.INCOMPLETE
             self.head_end = found + 4
@@ -109,43 +127,64 @@ class PendingRequest:
             elif name == b"transfer-encoding":
                 codings.append(value)
             elif value == b"100-continue":
-                self.expects_continue = True
+                # Never to an HTTP/1.0 client (RFC 9110 section 15.2).
+                line_end = self.data.find(b"\r\n", 2)
+                self.expects_continue = self.data.startswith(b" HTTP/1.1", line_end - 9)
         if not codings and not lengths:
             return self.COMPLETE  # no body
+        if _OBS_FOLD.search(self.data, 0, self.head_end):
+            return self.COMPLETE  # a folded line, which gunicorn refuses
         if codings:
-            if lengths or not codings[-1].endswith(b"chunked"):
+            if lengths or codings[-1].rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
                 return self.COMPLETE  # gunicorn refuses it
             self.chunk_at = self.head_end
             return None
         if len(lengths) > 1 or not _DIGITS.fullmatch(lengths[0]):
             return self.COMPLETE  # gunicorn refuses it
-        self.body_length = int(lengths[0])
+        # int() refuses over 4300 decimal digits, and this runs in the event loop.
+        length = lengths[0].lstrip(b"0")
+        self.body_length = int(length or b"0") if len(length) < 20 else self.max_body + 1
         return self.BODY_TOO_LARGE if self.body_length > self.max_body else None
 
     def _scan_chunks(self, data):
+        """Follow the chunks by gunicorn's grammar; MALFORMED where its parser would fail."""
         while True:
-            line_end = data.find(b"\r\n", self.chunk_at)
+            line_end = data.find(b"\r\n", self.chunk_at, self.chunk_at + MAX_CHUNK_LINE + 2)
             if line_end < 0:
-                return self.INCOMPLETE
-            size = _HEX.match(data, self.chunk_at, line_end)
+                return (
+                    self.MALFORMED
+                    if len(data) > self.chunk_at + MAX_CHUNK_LINE
+                    else self.INCOMPLETE
+                )
+            size = _CHUNK_SIZE.fullmatch(data, self.chunk_at, line_end)
             if size is None:
-                return self.COMPLETE  # malformed: gunicorn refuses it
-            size = int(size.group(), 16)
+                return self.MALFORMED
+            size = int(size.group(1), 16)
             if size == 0:
-                # The last chunk, then trailer fields (usually none) and a blank line.
-                if data.startswith(b"\r\n", line_end + 2):
-                    return self.COMPLETE
-                if len(data) < line_end + 4:
-                    return self.INCOMPLETE
-                found = data.find(b"\r\n\r\n", line_end + 2)
-                return self.COMPLETE if found >= 0 else self.INCOMPLETE
+                return self._scan_trailers(data, line_end + 2)
             self.chunked_size += size
             if self.chunked_size > self.max_body:
                 return self.BODY_TOO_LARGE
             next_line = line_end + 2 + size + 2
             if len(data) < next_line:
                 return self.INCOMPLETE
+            if data[next_line - 2 : next_line] != b"\r\n":
+                return self.MALFORMED
             self.chunk_at = next_line
+
+    def _scan_trailers(self, data, start):
+        """After the last chunk: trailer fields (usually none), then a blank line."""
+        if data.startswith(b"\r\n", start):
+            return self.COMPLETE
+        if data.find(b"\r\n\r\n", max(start, self.searched - 3)) >= 0:
+            return self.COMPLETE
+        if len(data) - start > self.max_head:
+            return self.HEAD_TOO_LARGE
+        self.searched = len(data)
+        return self.INCOMPLETE
+
+
+_SEND_TIMEVAL = struct.pack("ll", int(SEND_TIMEOUT), int(SEND_TIMEOUT % 1 * 1e6))
 
 
 class EndOfInput:
@@ -156,17 +195,21 @@ class EndOfInput:
         return b""
 
 
-def _problem(status, title, detail):
+def _problem(status, title, detail, headers=""):
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
     return (
         f"HTTP/1.1 {status} {title}\r\nContent-Type: application/problem+json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n{headers}\r\n{body}"
     ).encode()
 
 
+BAD_REQUEST = _problem(400, "Bad Request", "The request body's chunked framing is malformed.")
 REQUEST_TIMEOUT = _problem(408, "Request Timeout", "The request was not received in time.")
 HEAD_TOO_LARGE = _problem(431, "Request Header Fields Too Large", "The request head is too large.")
 BODY_TOO_LARGE = _problem(413, "Content Too Large", "The request body is too large.")
+BUSY = _problem(
+    503, "Service Unavailable", "Too many requests are arriving at once.", "Retry-After: 1\r\n"
+)
 
 
 class BufferingThreadWorker(ThreadWorker):
@@ -177,6 +220,8 @@ class BufferingThreadWorker(ThreadWorker):
         self.read_timeout = READ_TIMEOUT
         self.max_head = MAX_HEAD
         self.max_body = DEFAULT_MAX_BODY
+        self.max_buffered = MAX_BUFFERED
+        self.buffered = 0  # bytes held by the requests being read, at most max_buffered
         # Insertion order is deadline order: every entry gets the same timeout.
         self.reading = {}
         self.lingering = {}
@@ -220,7 +265,9 @@ class BufferingThreadWorker(ThreadWorker):
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def _stop_reading(self, conn):
-        if self.reading.pop(conn, None) is not None:
+        pending = self.reading.pop(conn, None)
+        if pending is not None:
+            self.buffered -= pending.held
             self.poller.unregister(conn.sock)
 
     def _on_readable(self, conn, _sock):
@@ -252,11 +299,19 @@ class BufferingThreadWorker(ThreadWorker):
             self._dispatch(conn, pending, truncated=False)
         elif status == PendingRequest.INCOMPLETE:
             self._wait(conn, pending)
+            self.buffered += len(pending.data) - pending.held
+            pending.held = len(pending.data)
+            if self.buffered > self.max_buffered:
+                # Many large requests at once: refuse the one that grows, not the worker.
+                self._refuse(conn, BUSY)
+                return
             if pending.expects_continue and not pending.continued:
                 pending.continued = True
                 self._send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
         elif status == PendingRequest.HEAD_TOO_LARGE:
             self._refuse(conn, HEAD_TOO_LARGE)
+        elif status == PendingRequest.MALFORMED:
+            self._refuse(conn, BAD_REQUEST)
         elif pending.body_length is None:
             self._refuse(conn, BODY_TOO_LARGE)  # chunked: only reading all of it would tell
         else:
@@ -270,6 +325,9 @@ class BufferingThreadWorker(ThreadWorker):
             # Also tells the thread not to wait for data (it sets the socket blocking).
             conn.parser = http.get_parser(self.cfg, EndOfInput(), conn.client)
             conn.initialized = True
+            # The thread's only blocking calls are sends: bound each one, so a client
+            # that stops reading its response frees the thread.
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _SEND_TIMEVAL)
         # A surplus (the next, pipelined request) stays in the parser's buffer, and
         # finish_request brings the connection back here.
         conn.parser.unreader.unread(pending.data)
@@ -278,11 +336,21 @@ class BufferingThreadWorker(ThreadWorker):
         ThreadWorker.enqueue_req(self, conn)
 
     def handle_request(self, req, conn):
-        if conn.continued:
-            req._expected_100_continue = False  # this worker has sent it already
+        if conn.continued or conn.request_truncated:
+            # Sent already; or the body is over the limit, and must not be invited.
+            req._expected_100_continue = False
         if conn.request_truncated:
             req.must_close = True  # the response says so; finish_request closes
-        return super().handle_request(req, conn)
+        elif isinstance(req.body.reader, ChunkedReader):
+            # gunicorn decodes chunks (and parses trailers) as the app reads them, so a
+            # bad one would fail inside the app (a 500) or after its answer. Decode it
+            # here, from memory: a bad one is gunicorn's 400, before the app runs.
+            req.body = Body(BytesIO(req.body.read()))
+        try:
+            return super().handle_request(req, conn)
+        except BlockingIOError:
+            self.log.info("Closing a connection whose client stopped reading its response")
+            return False
 
     def finish_request(self, conn, fs):
         """Back from a thread: keep the connection alive as gthread does, or close it here."""
@@ -342,6 +410,13 @@ class BufferingThreadWorker(ThreadWorker):
                 self._refuse(conn, REQUEST_TIMEOUT)
             else:
                 self._close(conn)
+        if not self.alive:
+            # Stopping: a connection that has sent nothing gets what gthread gives a
+            # kept-alive one, not the whole read timeout, which would delay the exit.
+            for conn, pending in list(self.reading.items()):
+                opened = pending.deadline - self.read_timeout
+                if not pending.data and opened + STOP_KEEPALIVE_LINGER < now:
+                    self._close(conn)
         while self.lingering:
             conn, deadline = next(iter(self.lingering.items()))
             if deadline > now:

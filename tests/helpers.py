@@ -1,5 +1,6 @@
 """Helpers and data that tests share (pytest advises against importing from conftest)."""
 
+import functools
 import os
 import re
 import shutil
@@ -124,3 +125,39 @@ def database_before_key(app, names):
                     {"name": name},
                 )
     return app.config["SQLALCHEMY_DATABASE_URI"]
+
+
+@functools.cache
+def forest(n_features=4, trees=100):
+    """A random forest regressor trained on random data, and its ONNX graph as bytes.
+
+    skl2onnx names the input ``X`` (FP32, [-1, n_features]) and the output
+    ``variable`` (FP32, [-1, 1]).
+    """
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestRegressor
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, n_features)).astype(np.float32)
+    y = x[:, 0] - 2 * x[:, 1] + rng.normal(size=300) * 0.1
+    model = RandomForestRegressor(n_estimators=trees, max_depth=5, random_state=0).fit(x, y)
+    return model, to_onnx(model, x[:1], target_opset=17).SerializeToString()
+
+
+def write_version(root, name, version, filename="model.onnx", content=None, config=None):
+    """Write ``root/name/version/filename`` (the forest's graph by default); return its path."""
+    import json
+
+    folder = root / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (root / name / "config.json").write_text(json.dumps(config))
+    path = folder / filename
+    if content is None:
+        content = forest()[1]
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path

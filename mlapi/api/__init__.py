@@ -19,6 +19,7 @@ BLUEPRINTS = (
 
 
 def init_app(app):
+    health.init_app(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     docs.spec.register(app)

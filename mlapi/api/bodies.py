@@ -126,7 +126,12 @@ def json_body():
     view that wants the header still answers 415."""
     if request.is_json:
         return request.get_json()
-    return current_app.json.loads(request.get_data())
+    data = request.get_data()
+    # A binary tensor request: its JSON header is the first N bytes.
+    header_length = request.headers.get("Inference-Header-Content-Length", "")
+    if header_length.isdigit():
+        data = data[: int(header_length)]
+    return current_app.json.loads(data)
 
 
 def claimed_rows(data):

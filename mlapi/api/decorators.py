@@ -1,25 +1,43 @@
 """What the prediction views share: the per-user prediction limit, and one decorator that
 makes a view an authenticated, limited and documented prediction endpoint."""
 
+from functools import wraps
+
+from flask import g
 from flask_jwt_extended import jwt_required
 from spectree import Response
 
 from mlapi.api.bodies import batch_cost
 from mlapi.api.docs import describe
 from mlapi.api.schemas import Problem
-from mlapi.extensions import limiter
-from mlapi.limits import by_user, config_limit
+from mlapi.auth import recheck
+from mlapi.budget import budget
 
 PROBLEMS = {f"HTTP_{code}": Problem for code in (400, 401, 413, 415, 422, 429)}
 
-# Every authenticated prediction endpoint shares one per-user budget. A batch costs
-# one request, or its number of rows when MLAPI_BATCH_COUNTS_ROWS is true.
-per_user_predictions = limiter.shared_limit(
-    config_limit("PREDICT_RATE_LIMIT"), scope="predictions", key_func=by_user, cost=batch_cost
-)
+
+def per_user_predictions(view=None, *, cache_key=None):
+    """Spend the user's prediction budget (mlapi/budget.py) before the view runs.
+
+    Every authenticated prediction endpoint shares one per-user budget. A batch costs
+    one request, or its number of rows when MLAPI_BATCH_COUNTS_ROWS is true.
+    ``cache_key()``, when given, names the cached prediction read in the same round trip.
+    """
+    if view is None:
+        return lambda view: per_user_predictions(view, cache_key=cache_key)
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        key = cache_key() if cache_key is not None else None
+        budget().spend(batch_cost(), g.get("identity_stamp"), recheck, key)
+        return view(*args, **kwargs)
+
+    # Tells the token check that this view verifies the identity generation itself.
+    wrapper.checks_identity_generation = True
+    return wrapper
 
 
-def prediction(out, tags=("predict",), limits=()):
+def prediction(out, tags=("predict",), limits=(), cache_key=None):
     """A bearer token, then ``limits`` (extra limiter decorators), then the per-user
     prediction limit; documented with response ``out`` and the body named by ``@body``."""
 
@@ -29,7 +47,7 @@ def prediction(out, tags=("predict",), limits=()):
             tags=list(tags),
             security={"bearer": []},
         )(view)
-        view = per_user_predictions(view)
+        view = per_user_predictions(view, cache_key=cache_key)
         for limit in reversed(limits):
             view = limit(view)
         return jwt_required()(view)

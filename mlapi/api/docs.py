@@ -2,13 +2,19 @@
 
 spectree documents every body as ``application/json``; the finishing pass here
 states what the API really sends: problem+json errors, the OAuth2 login form,
-and the Prometheus text exposition.
+the OAuth2 password flow, and the Prometheus text exposition.
+
+Swagger UI and ReDoc are served from the pinned drf-spectacular-sidecar package
+(its static files only; Django, its dependency, is never imported), so /docs
+works without internet access.
 """
 
 import copy
 import functools
+import importlib.util
+from pathlib import Path
 
-from flask import Blueprint, redirect
+from flask import Blueprint, redirect, render_template, send_from_directory, url_for
 from spectree import SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
 
@@ -16,7 +22,33 @@ from mlapi.api.schemas import Problem
 from mlapi.errors import PROBLEM_MIMETYPE
 from mlapi.extensions import limiter
 
-bp = Blueprint("openapi", __name__)
+HERE = Path(__file__).parent
+# find_spec locates the package without importing it (its __init__ imports Django).
+ASSETS = (
+    Path(importlib.util.find_spec("drf_spectacular_sidecar").submodule_search_locations[0])
+    / "static"
+    / "drf_spectacular_sidecar"
+)
+# "Authorize" in Swagger UI: a password login at /token, or a pasted bearer token.
+OAUTH2_SCHEME = {
+    "type": "oauth2",
+    "description": "OAuth2 password flow: log in with a username and password.",
+    "flows": {"password": {"tokenUrl": "/token", "refreshUrl": "/token", "scopes": {}}},
+}
+# The docs pages load nothing from elsewhere (ReDoc would fetch its logo from a CDN).
+DOCS_POLICY = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; frame-ancestors 'none'"
+}
+
+bp = Blueprint(
+    "openapi",
+    __name__,
+    static_folder=HERE / "static" / "docs",
+    static_url_path="/docs/static",
+    template_folder=HERE / "templates",
+)
+limiter.exempt(bp)
 
 spec = SpecTree(
     "flask",
@@ -34,6 +66,8 @@ spec = SpecTree(
     annotations=False,
     naming_strategy=lambda model: model.__name__,
     validation_error_model=Problem,
+    # mlapi serves its own offline Swagger UI and ReDoc pages (below).
+    page_templates={},
 )
 
 _finished = {}
@@ -65,7 +99,6 @@ def describe(**kwargs):
 
 
 @bp.get("/openapi.json")
-@limiter.exempt
 def document():
     if "spec" not in _finished:
         _finished["spec"] = finish(copy.deepcopy(spec.spec))
@@ -73,18 +106,36 @@ def document():
 
 
 @bp.get("/docs")
-@limiter.exempt
-def docs():
-    return redirect("/docs/swagger/", code=308)
+def swagger_ui():
+    return render_template("docs/swagger.html"), DOCS_POLICY
+
+
+@bp.get("/docs/redoc/")
+def redoc():
+    return render_template("docs/redoc.html"), DOCS_POLICY
+
+
+@bp.get("/docs/swagger/")
+def old_swagger_ui():
+    return redirect(url_for(".swagger_ui"), code=308)
+
+
+@bp.get("/docs/assets/<path:filename>")
+def asset(filename):
+    """Swagger UI's and ReDoc's files, as the pinned package ships them."""
+    return send_from_directory(ASSETS, filename, max_age=86400)
 
 
 def finish(document):
+    document["components"]["securitySchemes"]["oauth2"] = OAUTH2_SCHEME
     for path, operations in document["paths"].items():
         for operation in operations.values():
+            if operation.get("security") == [{"bearer": []}]:
+                operation["security"] = [{"bearer": []}, {"oauth2": []}]
             for response in operation.get("responses", {}).values():
                 content = response.get("content", {})
                 schema = content.get("application/json", {}).get("schema", {})
-                if schema.get("$ref", "").endswith("/Problem"):
+                if schema.get("$ref", "").endswith("Problem"):
                     content[PROBLEM_MIMETYPE] = content.pop("application/json")
             form = operation.get("requestBody", {}).get("content", {})
             if "multipart/form-data" in form:

@@ -1,10 +1,10 @@
 """The tutorial's unversioned endpoints."""
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, request
 from flask_jwt_extended import current_user, jwt_required
 from spectree import Response
 
-from mlapi.api.bodies import body
+from mlapi.api.bodies import body, read
 from mlapi.api.decorators import PROBLEMS, prediction
 from mlapi.api.docs import describe
 from mlapi.api.schemas import (
@@ -21,7 +21,8 @@ from mlapi.auth import admin_required
 from mlapi.extensions import limiter
 from mlapi.limits import by_address, by_user, config_limit, remaining
 from mlapi.observability.metrics import count_prediction
-from mlapi.predictions import predict_one, prediction_cache
+from mlapi.predictions import predict_one, prediction_cache, registry
+from mlapi.serving.cache import cache_key
 
 bp = Blueprint("api", __name__)
 
@@ -79,12 +80,27 @@ def predict_custom_limit(features):
     }
 
 
+def cached_model():
+    """The model /predict-cached serves: ``?model=<name>``, by default ``average``."""
+    return request.args.get("model", "average")
+
+
+def cached_prediction_key():
+    """The cache key of this body's features, read with the budget; None if the body or
+    model is invalid (the view then answers, after the limit, as on every view)."""
+    try:
+        return cache_key(registry().get(cached_model()), read(Features))
+    except Exception:
+        return None
+
+
 @bp.post("/predict-cached")
-@prediction(CachedPrediction)
+@prediction(CachedPrediction, cache_key=cached_prediction_key)
 @body(Features)
 def predict_cached(features):
-    """Mean of the features, cached per feature vector for MLAPI_CACHE_TIMEOUT seconds."""
-    model, value, cached = prediction_cache().predict("average", features)
+    """A model's prediction (``?model=<name>``, default ``average``: the mean), cached
+    per model version and feature vector for MLAPI_CACHE_TIMEOUT seconds."""
+    model, value, cached = prediction_cache().predict(cached_model(), features)
     count_prediction(model, current_user.username)
     return {"prediction": value, "user": current_user.username, "cached": cached}
 

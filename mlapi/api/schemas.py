@@ -5,7 +5,7 @@ validates the body and documents it; the same models feed the OpenAPI document
 through spectree.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -28,6 +28,13 @@ class Problem(BaseModel):
     errors: list[dict] | None = None
 
 
+class TokenProblem(Problem):
+    """A token endpoint error: a problem that also carries RFC 6749 §5.2's members."""
+
+    error: str
+    error_description: str
+
+
 class TokenResponse(BaseModel):
     access_token: str
     refresh_token: str | None = None
@@ -35,9 +42,13 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
-class LoginForm(BaseModel):
-    username: str
-    password: str
+class TokenForm(BaseModel):
+    """The OAuth2 token request: the password grant (the default) or the refresh grant."""
+
+    grant_type: Literal["password", "refresh_token"] = "password"
+    username: str | None = None
+    password: str | None = None
+    refresh_token: str | None = None
 
 
 class UserOut(BaseModel):
@@ -94,7 +105,8 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str
+    status: Literal["ready", "degraded", "not ready"]
+    required: list[str]
     checks: dict[str, dict]
 
 
@@ -171,6 +183,7 @@ class ServerReady(BaseModel):
 class ModelReady(BaseModel):
     name: str
     ready: bool
+    error: str | None = None
 
 
 class MetadataTensor(BaseModel):
@@ -185,6 +198,39 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
+    parameters: dict | None = None
+
+
+class StatisticsDuration(BaseModel):
+    count: int
+    ns: int
+
+
+class VersionStatistics(BaseModel):
+    name: str
+    version: str
+    inference_count: int
+    execution_count: int
+    inference_stats: dict[str, StatisticsDuration]
+
+
+class ModelStatistics(BaseModel):
+    model_stats: list[VersionStatistics]
+
+
+class RepositoryEntry(BaseModel):
+    name: str
+    version: str | None = None
+    state: str
+    reason: str | None = None
+
+
+class RepositoryIndex(BaseModel):
+    models: list[RepositoryEntry]
+
+
+class RepositoryList(RootModel[list[RepositoryEntry]]):
+    pass
 
 
 class InferInput(BaseModel):
@@ -233,10 +279,13 @@ class InferRequest(BaseModel):
 
 
 class InferOutput(BaseModel):
+    """An output tensor: ``data`` in JSON, or ``parameters.binary_data_size`` bytes after it."""
+
     name: str
     shape: list[int]
     datatype: str
-    data: list[float]
+    data: list | None = None
+    parameters: dict | None = None
 
 
 class InferResponse(BaseModel):

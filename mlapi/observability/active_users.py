@@ -20,11 +20,15 @@ class ActiveUsers:
         self.refresh = refresh
         self._seen = {}
 
-    def touch(self, username):
+    def touch(self, username, deferred=False):
+        """Record activity. With ``deferred``, a due Redis write is not sent but returned
+        as (key, username), for the caller to send in a round trip it makes anyway."""
         now = time.time()
         if now - self._seen.get(username, 0.0) < self.refresh:
-            return
+            return None
         self._seen[username] = now
+        if self.redis is not None and deferred:
+            return self.key, username
         if self.redis is not None:
             try:
                 self.breaker.call(self.redis.zadd, self.key, {username: now})

@@ -5,7 +5,9 @@ template, authenticated user, and the trace and span ids when tracing is on), so
 Probes and scrapes are logged at debug level, never at info on every poll.
 """
 
+import json
 import logging
+import time
 
 from gunicorn.glogging import Logger
 
@@ -14,12 +16,20 @@ from mlapi.observability.logs import json_formatter
 QUIET_ROUTES = ("/health/live", "/health/ready", "/health/metrics", "/metrics")
 
 
+class JsonLineFormatter(logging.Formatter):
+    """The access line arrives as JSON already (built with one ``json.dumps``)."""
+
+    def format(self, record):
+        return record.msg
+
+
 class JsonLogger(Logger):
     def setup(self, cfg):
         super().setup(cfg)
-        for log in (self.error_log, self.access_log):
-            for handler in log.handlers:
-                handler.setFormatter(json_formatter())
+        for handler in self.error_log.handlers:
+            handler.setFormatter(json_formatter())
+        for handler in self.access_log.handlers:
+            handler.setFormatter(JsonLineFormatter())
 
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
@@ -28,12 +38,19 @@ class JsonLogger(Logger):
         level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
         if not self.access_log.isEnabledFor(level):
             return
-        status = resp.status_code
+        # gunicorn's own error answers (a 400 for a malformed head) set only resp.status.
+        status = getattr(resp, "status_code", None) or int(str(resp.status).split(None, 1)[0])
+        method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
         fields = {
+            # The keys and order of the app's JSON lines (mlapi/observability/logs.py).
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "level": logging.getLevelName(level),
+            "logger": self.access_log.name,
+            "message": f"{method} {path} {status}",
             "request_id": environ.get("mlapi.request_id"),
-            "method": environ.get("REQUEST_METHOD"),
+            "method": method,
             "route": route,
-            "path": environ.get("PATH_INFO"),
+            "path": path,
             "status": status,
             "duration": round(request_time.total_seconds(), 6),
             "bytes": getattr(resp, "sent", None),
@@ -47,8 +64,7 @@ class JsonLogger(Logger):
         if trace_id:
             fields["trace_id"] = trace_id
             fields["span_id"] = environ.get("mlapi.span_id")
-        message = f"{fields['method']} {fields['path']} {status}"
         try:
-            self.access_log.log(level, message, extra=fields)
+            self.access_log.log(level, json.dumps(fields))
         except Exception:
             self.exception("could not write the access log line")

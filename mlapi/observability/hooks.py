@@ -39,11 +39,29 @@ def finish_request(response):
     if request.endpoint != EXPORTER_ENDPOINT and not g.get("counted"):
         g.counted = True
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
-        REQUEST_LATENCY.labels(method, endpoint).observe(elapsed)
+        requests, latency = children(method, endpoint, response.status_code)
+        requests.inc()
+        latency.observe(elapsed)
         if response.status_code == 429:
             RATE_LIMITED.labels(endpoint).inc()
     return response
+
+
+_children = {}
+
+
+def children(method, endpoint, status):
+    """The request counter's and latency histogram's children for these labels, bound
+    once per worker (``labels()`` validates and locks on every call)."""
+    key = (method, endpoint, status)
+    found = _children.get(key)
+    if found is None:
+        found = (
+            REQUESTS.labels(method, endpoint, str(status)),
+            REQUEST_LATENCY.labels(method, endpoint),
+        )
+        _children[key] = found
+    return found
 
 
 def end_request(_exc):

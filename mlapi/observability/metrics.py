@@ -45,6 +45,17 @@ MODEL_LATENCY = Histogram(
     ["model", "model_version"],
     buckets=LATENCY_BUCKETS,
 )
+MODEL_REQUESTS = Counter(
+    "model_requests_total",
+    "Calls of a model's predict or infer, by model, version and outcome (success or failure).",
+    ["model", "model_version", "outcome"],
+)
+MODEL_BATCH = Histogram(
+    "model_batch_size",
+    "Rows per call of a model, by model and version.",
+    ["model", "model_version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
 CACHE_HITS = Counter("cache_hits_total", "Prediction cache hits.")
 CACHE_MISSES = Counter("cache_misses_total", "Prediction cache misses.")
 CACHE_ERRORS = Counter(
@@ -54,12 +65,6 @@ RATE_LIMITED = Counter(
     "rate_limit_rejections_total", "Requests refused with 429, by route template.", ["endpoint"]
 )
 AUTH_FAILURES = Counter("auth_failures_total", "Authentication failures, by reason.", ["reason"])
-READINESS = Gauge(
-    "readiness_check_ok",
-    "1 if the readiness check passed on its latest probe, else 0.",
-    ["check"],
-    multiprocess_mode="livemostrecent",
-)
 
 _extra_collectors = []
 
@@ -78,13 +83,50 @@ def count_prediction(model, username, version="unversioned", rows=1):
     PREDICTIONS.labels(version, model.name, user).inc(rows)
 
 
-def record_readiness(results):
-    for name, result in results.items():
-        READINESS.labels(name).set(1 if result["status"] == "ok" else 0)
+def observe_model(model, seconds, rows=1, ok=True):
+    """One call of a model: its latency and batch size if it succeeded, its outcome always."""
+    labels = (model.name, model.version)
+    MODEL_REQUESTS.labels(*labels, "success" if ok else "failure").inc()
+    if ok:
+        MODEL_LATENCY.labels(*labels).observe(seconds)
+        MODEL_BATCH.labels(*labels).observe(rows)
 
 
-def observe_model(model, seconds):
-    MODEL_LATENCY.labels(model.name, model.version).observe(seconds)
+def model_statistics(name, version):
+    """The statistics extension's entry for one model version, from the metrics above.
+
+    Under gunicorn the numbers are summed over every worker's files, as /metrics does.
+    """
+    if MULTIPROCESS:
+        source = CollectorRegistry()
+        MultiProcessCollector(source)
+    else:
+        source = REGISTRY
+    totals = {}
+    wanted = {"model_requests_total", "model_inference_seconds_sum", "model_batch_size_sum"}
+    for family in source.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name in wanted
+                and labels.get("model") == name
+                and labels.get("model_version") == version
+            ):
+                key = (sample.name, labels.get("outcome"))
+                totals[key] = totals.get(key, 0.0) + sample.value
+    successes = int(totals.get(("model_requests_total", "success"), 0))
+    failures = int(totals.get(("model_requests_total", "failure"), 0))
+    seconds = totals.get(("model_inference_seconds_sum", None), 0.0)
+    return {
+        "name": name,
+        "version": version,
+        "inference_count": int(totals.get(("model_batch_size_sum", None), 0)),
+        "execution_count": successes,
+        "inference_stats": {
+            "success": {"count": successes, "ns": int(seconds * 1e9)},
+            "fail": {"count": failures, "ns": 0},
+        },
+    }
 
 
 class ActiveUsersCollector:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlapi.serving.datatypes import NUMPY_DTYPES, datatype_of
-from mlapi.serving.runtime_errors import InferenceError, TensorError
+from mlapi.serving.errors import InferenceError, TensorError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"

@@ -11,6 +11,8 @@ import logging
 
 import numpy as np
 
+from mlapi.serving.errors import CacheUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -54,5 +56,14 @@ class PredictionCache:
         return model, value, False
 
     def invalidate(self, name, features):
-        """Drop the cached prediction of model ``name`` for these features."""
-        self.store.delete(cache_key(self.registry.get(name), features))
+        """Drop the cached prediction of model ``name`` for these features.
+
+        A lookup can fall back to computing; a failed delete cannot: it raises
+        :class:`CacheUnavailable`, so the caller learns nothing was invalidated.
+        """
+        key = cache_key(self.registry.get(name), features)
+        try:
+            self.store.delete(key)
+        except Exception as exc:
+            log.warning("prediction cache unavailable; nothing invalidated", exc_info=True)
+            raise CacheUnavailable("The prediction cache is unavailable; retry shortly.") from exc

@@ -11,7 +11,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from mlapi.serving.errors import PredictionError, error_item
+from mlapi.serving.errors import PredictionError, TensorError, error_item
 
 V2_WEIGHTS = (1.0, 1.5, 2.0, 0.5)
 
@@ -53,6 +53,43 @@ class Model:
     output_tensor: Tensor = ONE_PER_ROW
     kind: str = "builtin"
     source: str = "built-in"
+    # Rows per request, from the model's config.json (None: only MLAPI_MAX_BATCH applies).
+    max_batch_size: int | None = None
+    platform = "numpy"
+
+    @property
+    def inputs(self):
+        return (self.input_tensor,)
+
+    @property
+    def outputs(self):
+        return (self.output_tensor,)
+
+    def infer(self, inputs):
+        """The Open Inference Protocol's form: one numeric tensor in, ``{output: values}`` out.
+
+        The tensor is ``[batch, features]`` or ``[features]`` (one row), of any numeric
+        datatype, read as float64.
+        """
+        expected = self.input_tensor.name
+        if list(inputs) != [expected]:
+            raise TensorError(
+                f"Model {self.name!r} takes one input, {expected!r}; got {list(inputs)}."
+            )
+        array = inputs[expected]
+        if array.dtype.kind not in "iuf":
+            raise TensorError(f"Input {expected!r} must hold numbers, not {array.dtype.name}.")
+        if array.ndim == 1:
+            array = array.reshape(1, -1)
+        if array.ndim != 2 or 0 in array.shape:
+            raise TensorError(
+                f"Input {expected!r} must have shape [batch, features] or [features] with "
+                f"at least one value, got {list(inputs[expected].shape)}."
+            )
+        batch = array.astype(np.float64)
+        if not np.isfinite(batch).all():
+            raise TensorError(f"Input {expected!r} must be finite: no NaN or Infinity.")
+        return {self.output_tensor.name: self.predict(batch)}
 
     @property
     def n_features(self):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlapi.serving.datatypes import NUMPY_DTYPES, ONNX_TYPES, TensorSpec
-from mlapi.serving.runtime_errors import InferenceError, ModelFileError, TensorError
+from mlapi.serving.errors import InferenceError, ModelLoadError, TensorError
 
 PLATFORM = "onnxruntime_onnx"
 DEFAULT_INTRA_OP_THREADS = 1
@@ -58,7 +58,7 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime's errors share no base class but Exception
             raise InferenceError(
                 "The model cannot compute these inputs: the runtime refused them.",
-                detail=str(exc),
+                log_detail=str(exc),
             ) from None
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
@@ -120,7 +120,7 @@ def session_options(intra_op_threads=DEFAULT_INTRA_OP_THREADS):
 
 
 def load_onnx(path, intra_op_threads=DEFAULT_INTRA_OP_THREADS):
-    """Load an ONNX model; a :class:`ModelFileError` naming the file says why it cannot be."""
+    """Load an ONNX model; a :class:`ModelLoadError` naming the file says why it cannot be."""
     path = os.path.abspath(os.fspath(path))
     if not isinstance(intra_op_threads, int) or intra_op_threads < 1:
         raise ValueError(f"intra_op_threads must be a positive integer, got {intra_op_threads!r}")
@@ -132,7 +132,7 @@ def load_onnx(path, intra_op_threads=DEFAULT_INTRA_OP_THREADS):
             path, session_options(intra_op_threads), providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime's errors share no base class but Exception
-        raise ModelFileError(
+        raise ModelLoadError(
             f"{path}: onnxruntime cannot load the model: {_first_line(exc)}"
         ) from None
     inputs = tuple(_spec(path, "input", arg) for arg in session.get_inputs())
@@ -149,7 +149,7 @@ def _spec(path, role, arg):
             if arg.type.startswith("seq(map")
             else ""
         )
-        raise ModelFileError(
+        raise ModelLoadError(
             f"{path}: {role} {arg.name!r} has type {arg.type}, which the Open Inference "
             f"Protocol cannot carry.{hint}"
         )
@@ -158,7 +158,7 @@ def _spec(path, role, arg):
 
 
 def check_external_data(path):
-    """The external data files ``path`` references; ModelFileError for one outside its folder.
+    """The external data files ``path`` references; ModelLoadError for one outside its folder.
 
     ONNX keeps large tensors in separate files named by a relative ``location``; a
     graph naming ``../../etc/shadow`` or an absolute path would make the runtime read
@@ -170,7 +170,7 @@ def check_external_data(path):
     try:
         model = onnx.load_model(path, load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError, OSError, onnx's own errors
-        raise ModelFileError(f"{path}: not a readable ONNX model: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path}: not a readable ONNX model: {_first_line(exc)}") from None
     folder = os.path.realpath(os.path.dirname(path))
     files = set()
     for tensor in _all_tensors(model):
@@ -183,7 +183,7 @@ def check_external_data(path):
             or os.path.isabs(location)
             or os.path.commonpath([folder, target]) != folder
         ):
-            raise ModelFileError(
+            raise ModelLoadError(
                 f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, outside the "
                 "model's folder; external data files must sit beside the model."
             )

@@ -30,7 +30,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlapi.serving.datatypes import NUMPY_DTYPES
-from mlapi.serving.runtime_errors import ModelConfigError, ModelFileError
+from mlapi.serving.errors import ModelConfigError, ModelLoadError
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 1 << 20
@@ -176,10 +176,10 @@ class Changes:
 
 
 def scan(root, reserved_names=()):
-    """Read the repository at ``root``; ModelFileError only if ``root`` is no directory."""
+    """Read the repository at ``root``; ModelLoadError only if ``root`` is no directory."""
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise ModelFileError(f"The model repository {root!r} is not a directory.")
+        raise ModelLoadError(f"The model repository {root!r} is not a directory.")
     digest = fingerprint(root)
     models, errors, flat = {}, {}, []
     for entry in _entries(root):
@@ -188,14 +188,14 @@ def scan(root, reserved_names=()):
             continue
         try:
             if not re.match(NAME_PATTERN, entry.name):
-                raise ModelFileError(
+                raise ModelLoadError(
                     "a model name is 1-64 characters of A-Z a-z 0-9 _ . -, "
                     "starting with a letter or digit"
                 )
             if entry.name in reserved_names:
-                raise ModelFileError(f"the name {entry.name!r} is reserved for a built-in model")
+                raise ModelLoadError(f"the name {entry.name!r} is reserved for a built-in model")
             plan = _plan_model(entry, errors)
-        except ModelFileError as exc:
+        except ModelLoadError as exc:
             errors[entry.name] = f"{entry.path}: {exc}"
             continue
         except OSError as exc:  # unreadable folder, or removed while we read it
@@ -219,7 +219,7 @@ def _plan_model(folder, errors):
         if not entry.is_dir():
             suffix = os.path.splitext(entry.name)[1].lower()
             if entry.name != CONFIG_FILE and suffix in {*PLATFORMS, *REFUSED}:
-                raise ModelFileError(
+                raise ModelLoadError(
                     f"the model file {entry.name} must sit in a version folder, "
                     f"e.g. {folder.name}/1/{entry.name}"
                 )
@@ -241,7 +241,7 @@ def _plan_model(folder, errors):
             )
     selected = policy.select(available)
     if not selected:
-        raise ModelFileError("no version folder (e.g. 1/) holds a model")
+        raise ModelLoadError("no version folder (e.g. 1/) holds a model")
     for label, version in config.labels.items():
         if version not in selected:
             raise ModelConfigError(
@@ -254,10 +254,10 @@ def _plan_model(folder, errors):
     for version in selected:
         try:
             plans.append(_plan_version(version_folders[version], config.platform))
-        except ModelFileError as exc:
+        except ModelLoadError as exc:
             broken[f"{folder.name}/{version}"] = f"{version_folders[version].path}: {exc}"
     if not plans:
-        raise ModelFileError(f"no version can be served: {'; '.join(broken.values())}")
+        raise ModelLoadError(f"no version can be served: {'; '.join(broken.values())}")
     errors.update(broken)
     loaded = {plan.version for plan in plans}
     labels = {label: version for label, version in config.labels.items() if version in loaded}
@@ -276,11 +276,11 @@ def _plan_version(folder, platform):
             found.append(entry)
     if refused:
         name, reason = refused[0]
-        raise ModelFileError(f"{name} is refused: {reason}. Serve {SAFE_FORMATS}.")
+        raise ModelLoadError(f"{name} is refused: {reason}. Serve {SAFE_FORMATS}.")
     if not found:
-        raise ModelFileError(f"no model file: put one {SAFE_FORMATS} in the folder")
+        raise ModelLoadError(f"no model file: put one {SAFE_FORMATS} in the folder")
     if len(found) > 1:
-        raise ModelFileError(
+        raise ModelLoadError(
             f"{len(found)} model files ({', '.join(e.name for e in found)}); keep one per version, or set "
             "platform in config.json"
         )

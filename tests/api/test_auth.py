@@ -199,7 +199,7 @@ def test_revocation_entry_expires_with_the_session(app, client, make_user):
 
 def test_expired_access_token_is_401(make_app, make_user):
     """A token past its exp is refused with invalid_token."""
-    app = make_app(JWT_ACCESS_TOKEN_EXPIRES=1)
+    app = make_app(ACCESS_TOKEN_MINUTES=1 / 60)
     client = app.test_client()
     with app.app_context():
         from mlapi import users

@@ -1,6 +1,6 @@
 """The prediction cache: keyed by features and model, never leaking one user's envelope."""
 
-from tests.helpers import client_for
+from tests.helpers import assert_problem, client_for
 
 
 def test_second_identical_request_is_a_hit(client, auth):
@@ -73,3 +73,22 @@ def test_cache_entries_expire(make_app):
     assert client.post("/predict-cached", json=[1], headers=headers).get_json()["cached"]
     time.sleep(1.2)
     assert client.post("/predict-cached", json=[1], headers=headers).get_json()["cached"] is False
+
+
+def test_unreachable_redis_invalidation_is_503_and_predictions_still_served(make_app):
+    """With Redis down an invalidation cannot be done: 503 with Retry-After, never a 500;
+    cached predictions are computed without the cache."""
+    from mlapi import users
+
+    app = make_app(REDIS_URL="redis://127.0.0.1:1/0")
+    with app.app_context():
+        users.create("root", "root-password-1", role="admin")
+    client = app.test_client()
+    token = client.post("/token", data={"username": "root", "password": "root-password-1"})
+    headers = {"Authorization": f"Bearer {token.get_json()['access_token']}"}
+    predicted = client.post("/predict-cached", json=[1, 2], headers=headers)
+    assert predicted.status_code == 200 and predicted.get_json()["cached"] is False
+    body = assert_problem(client.delete("/cache/invalidate", json=[1, 2], headers=headers), 503)
+    assert "cache" in body["detail"]
+    response = client.delete("/cache/invalidate", json=[1, 2], headers=headers)
+    assert response.headers["Retry-After"] == "2"

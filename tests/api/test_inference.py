@@ -50,10 +50,14 @@ def assert_protocol_error(response, status, message):
 
 
 def test_server_metadata_needs_no_token(client):
-    """GET /v2 names the server, its version and its (no) protocol extensions."""
+    """GET /v2 names the server, its version and its protocol extensions."""
     response = client.get("/v2")
     assert response.status_code == 200
-    assert response.get_json() == {"name": "mlapi", "version": "1.0.0", "extensions": []}
+    assert response.get_json() == {
+        "name": "mlapi",
+        "version": "1.0.0",
+        "extensions": ["binary_tensor_data", "model_repository", "statistics"],
+    }
 
 
 def test_server_live_and_ready_need_no_token(client):
@@ -271,14 +275,14 @@ def test_unknown_model_or_version_for_infer_is_404(client, auth):
 BAD_REQUESTS = {
     "data shorter than the shape": (infer_body([1, 2, 3], [2, 2]), "has 3 values"),
     "data longer than the shape": (infer_body([1, 2, 3, 4, 5], [2, 2]), "needs 4"),
-    "a 3-D shape": (infer_body([1] * 8, [2, 2, 2]), "must be [batch, features]"),
-    "a 0-D shape": (infer_body([1], []), "must be [batch, features]"),
-    "no rows": (infer_body([], [0, 3]), "1 to 1000 rows, got 0"),
-    "too many rows": (infer_body([1] * 1001, [1001, 1]), "1 to 1000 rows, got 1001"),
-    "no features": (infer_body([], [2, 0]), "1 to 10000 features, got 0"),
-    "too many features": (infer_body([1], [1, 10001]), "1 to 10000 features, got 10001"),
-    "a negative dimension": (infer_body([1], [-1, 1]), "/inputs/0/shape/0"),
-    "a boolean dimension": (infer_body([1], [True, 1]), "/inputs/0/shape/0"),
+    "a 3-D shape": (infer_body([1] * 8, [2, 2, 2]), "must have shape [batch, features]"),
+    "a 0-D shape": (infer_body([1], []), "must have shape [batch, features]"),
+    "no rows": (infer_body([], [0, 3]), "at least one value, got [0, 3]"),
+    "too many rows": (infer_body([1] * 1001, [1001, 1]), "batch of 1001 rows; model 'average'"),
+    "no features": (infer_body([], [2, 0]), "at least one value, got [2, 0]"),
+    "too many features": (infer_body([1] * 10001, [1, 10001]), "1 to 10000 features, got 10001"),
+    "a negative dimension": (infer_body([1], [-1, 1]), "shape must be a list of non-negative"),
+    "a boolean dimension": (infer_body([1], [True, 1]), "shape must be a list of non-negative"),
     "a huge integer": (infer_body([10**400], [1, 1]), "must be finite"),
     "a boolean value": (infer_body([1, True], [1, 2]), "must be JSON numbers"),
     "a string value": (infer_body(["1.5"], [1, 1]), "must be JSON numbers"),
@@ -288,29 +292,29 @@ BAD_REQUESTS = {
     "UINT8 negative": (infer_body([-1], [1, 1], "UINT8"), "UINT8 data must lie in [0, 255]"),
     "UINT64 too big": (infer_body([2**64], [1, 1], "UINT64"), "UINT64 data must lie in"),
     "INT32 fraction": (infer_body([1.5], [1, 1], "INT32"), "INT32 data must be JSON integers"),
-    "FP32 out of range": (infer_body([3.5e38], [1, 1], "FP32"), "range of a 32-bit float"),
-    "BYTES": (infer_body(["abc"], [1, 1], "BYTES"), "Datatype 'BYTES' is not supported"),
-    "lower-case datatype": (infer_body([1], [1, 1], "fp32"), "Datatype 'fp32' is not"),
+    "FP32 out of range": (infer_body([3.5e38], [1, 1], "FP32"), "within the type's range"),
+    "BYTES": (infer_body(["abc"], [1, 1], "BYTES"), "must hold numbers, not object"),
+    "lower-case datatype": (infer_body([1], [1, 1], "fp32"), "has datatype 'fp32'; the supp"),
     "a wrong input name": (
         {"inputs": [tensor([1], [1, 1], name="x")]},
         "takes one input, 'features'; got ['x']",
     ),
     "two inputs": (
         {"inputs": [tensor([1], [1, 1]), tensor([1], [1, 1])]},
-        "got ['features', 'features']",
+        "Input 'features' is sent twice.",
     ),
-    "no inputs": ({"inputs": []}, "/inputs"),
-    "missing inputs": ({"id": "1"}, "/inputs: Field required"),
-    "a numeric id": ({**infer_body([1], [1, 1]), "id": 5}, "/id"),
+    "no inputs": ({"inputs": []}, "inputs must be a non-empty list"),
+    "missing inputs": ({"id": "1"}, "inputs must be a non-empty list"),
+    "a numeric id": ({**infer_body([1], [1, 1]), "id": 5}, "id must be a string"),
     "an unknown output": (
         infer_body([1], [1, 1], outputs=[{"name": "probability"}]),
-        "asks for 'probability'",
+        "no output 'probability'; its outputs are prediction",
     ),
     "binary data parameters": (
         {"inputs": [{**tensor([], [1, 1]), "parameters": {"binary_data_size": 8}}]},
-        "Binary tensor data is not supported",
+        "has both data and parameters.binary_data_size",
     ),
-    "a list body": ([1, 2, 3], "valid dictionary"),
+    "a list body": ([1, 2, 3], "The JSON header must be an object."),
 }
 
 
@@ -323,22 +327,33 @@ def test_bad_tensors_are_400_with_an_error_message(client, auth, case):
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "message"),
     [
-        '{"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP64", "data": [NaN]}]}',
-        '{"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32",'
-        ' "data": [1, Infinity]}]}',
-        '{"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP64", "data": [1e400]}]}',
+        (
+            '{"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP64",'
+            ' "data": [NaN]}]}',
+            "NaN is not a JSON number",
+        ),
+        (
+            '{"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32",'
+            ' "data": [1, Infinity]}]}',
+            "Infinity is not a JSON number",
+        ),
+        (
+            '{"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP64",'
+            ' "data": [1e400]}]}',
+            "must be finite",
+        ),
     ],
 )
-def test_non_finite_values_are_400(client, auth, raw):
+def test_non_finite_values_are_400(client, auth, raw, message):
     """NaN, Infinity and numbers that overflow a float are refused."""
     response = client.post(
         "/v2/models/average/infer",
         data=raw,
         headers={**auth, "Content-Type": "application/json"},
     )
-    assert_protocol_error(response, 400, "must be finite")
+    assert_protocol_error(response, 400, message)
 
 
 @pytest.mark.parametrize(
@@ -355,9 +370,14 @@ def test_inputs_a_model_cannot_take_are_400(client, auth, path, rows, message):
     assert_protocol_error(client.post(path, json=body, headers=auth), 400, message)
 
 
-def test_binary_tensor_requests_are_refused_with_a_hint(client, auth):
-    """tritonclient's default binary encoding gets a 400 that says how to send JSON."""
-    header = json.dumps(infer_body([], [1, 2])).encode()
+def test_binary_tensors_in_and_out(client, auth):
+    """The binary tensor data extension: raw input bytes after the JSON header, and a
+    binary output when asked, with the response's header length."""
+    body = infer_body([], [1, 2])
+    del body["inputs"][0]["data"]
+    body["inputs"][0]["parameters"] = {"binary_data_size": 16}
+    body["parameters"] = {"binary_data_output": True}
+    header = json.dumps(body).encode()
     response = client.post(
         "/v2/models/average/infer",
         data=header + np.array([1.0, 2.0]).tobytes(),
@@ -367,7 +387,28 @@ def test_binary_tensor_requests_are_refused_with_a_hint(client, auth):
             "Inference-Header-Content-Length": str(len(header)),
         },
     )
-    assert_protocol_error(response, 400, "binary_data=False")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    length = int(response.headers["Inference-Header-Content-Length"])
+    raw = response.get_data()
+    document = json.loads(raw[:length])
+    assert document["outputs"] == [
+        {
+            "name": "prediction",
+            "datatype": "FP64",
+            "shape": [1],
+            "parameters": {"binary_data_size": 8},
+        }
+    ]
+    assert np.frombuffer(raw[length:], dtype="<f8").tolist() == [1.5]
+
+
+def test_a_binary_body_shorter_than_its_header_length_is_400(client, auth):
+    response = client.post(
+        "/v2/models/average/infer",
+        data=b"{}",
+        headers={**auth, "Inference-Header-Content-Length": "10"},
+    )
+    assert_protocol_error(response, 400, "the body has only 2 bytes")
 
 
 @pytest.mark.parametrize(
@@ -453,9 +494,9 @@ def test_the_openapi_document_describes_the_protocol_routes(client):
     ):
         assert "security" not in paths[path]["get"], path
     for path in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        assert paths[path]["get"]["security"] == [{"bearer": []}]
+        assert paths[path]["get"]["security"] == [{"bearer": []}, {"oauth2": []}]
     for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
         operation = paths[path]["post"]
-        assert operation["security"] == [{"bearer": []}]
+        assert operation["security"] == [{"bearer": []}, {"oauth2": []}]
         assert {"200", "400", "401", "404", "429"} <= set(operation["responses"])
         assert "requestBody" in operation

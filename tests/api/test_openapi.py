@@ -33,7 +33,7 @@ def test_bearer_scheme_and_protected_operations(client):
     scheme = document["components"]["securitySchemes"]["bearer"]
     assert scheme == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     for path in PREDICTION_ENDPOINTS:
-        assert document["paths"][path]["post"]["security"] == [{"bearer": []}]
+        assert document["paths"][path]["post"]["security"] == [{"bearer": []}, {"oauth2": []}]
     assert "security" not in document["paths"]["/public"]["get"]
 
 
@@ -47,9 +47,11 @@ def test_errors_are_documented_as_problems(client):
                 if int(status) < 400:
                     continue
                 (content_type,) = response["content"]
-                own_shape = path == "/health/ready" or path.startswith(("/v2/models", "/v2/health"))
+                own_shape = path == "/health/ready" or path.startswith(
+                    ("/v2/models", "/v2/health", "/v2/repository")
+                )
                 if content_type == "application/problem+json":
-                    assert response["content"][content_type]["schema"]["$ref"].endswith("/Problem")
+                    assert response["content"][content_type]["schema"]["$ref"].endswith("Problem")
                 else:
                     assert own_shape and status in ("400", "404", "503"), (path, status)
 
@@ -69,9 +71,8 @@ def test_login_is_documented_as_a_urlencoded_form(client):
 
 
 def test_interactive_docs_are_served(client):
-    """/docs leads to Swagger UI, which loads /docs/openapi.json."""
-    redirect = client.get("/docs")
-    assert redirect.status_code == 308
-    page = client.get(redirect.headers["Location"])
+    """/docs is Swagger UI on the finished /openapi.json; ReDoc is at /docs/redoc/."""
+    page = client.get("/docs")
     assert page.status_code == 200
-    assert b"swagger-ui" in page.data
+    assert b'id="swagger-ui" data-spec-url="/openapi.json"' in page.data
+    assert b'spec-url="/openapi.json"' in client.get("/docs/redoc/").data

@@ -1,10 +1,11 @@
-"""Fixtures of the system tests: real gunicorn processes and a private redis-server."""
+"""Fixtures of the system tests: real gunicorn processes, a private redis-server and a
+private PostgreSQL cluster (tests/system/servers.py), which tests may stop, freeze or restart."""
 
 import os
 
 import pytest
 
-from tests.system.servers import Gunicorn, RedisServer
+from tests.system.servers import Gunicorn, PostgresServer, RedisServer
 
 
 @pytest.fixture
@@ -35,3 +36,16 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres_server():
+    """A private PostgreSQL cluster this test may stop, restart or freeze (SIGSTOP)."""
+    reason = PostgresServer.available()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; under CI=true this is a failure, not a skip")
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    yield server
+    server.cleanup()

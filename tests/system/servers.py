@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -108,9 +109,19 @@ class Gunicorn:
         assert ready.json()["checks"][check]["status"] == "fail"
         assert requests.get(self.url("/health/live"), timeout=10).status_code == 200
 
+    def assert_degraded(self, check, within):
+        """Readiness answers 200 "degraded" within ``within`` seconds, ``check`` failing."""
+        started = time.monotonic()
+        ready = requests.get(self.url("/health/ready"), timeout=10)
+        assert time.monotonic() - started < within
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["checks"][check]["status"] == "fail"
+
     def wait_ready(self, timeout=10):
+        """Until readiness is 200 with every check passing (not merely "degraded")."""
         wait_until(
-            lambda: requests.get(self.url("/health/ready"), timeout=10).status_code == 200,
+            lambda: requests.get(self.url("/health/ready"), timeout=10).json()["status"] == "ready",
             timeout=timeout,
             interval=0.2,
             what="readiness to recover",
@@ -188,8 +199,26 @@ class RedisServer:
 
         return redis.Redis.from_url(self.url, socket_timeout=2).execute_command(*parts)
 
+    def scan_keys(self):
+        """Every key in the server's databases 0-15, found with SCAN."""
+        import redis
+
+        found = []
+        for db in range(16):
+            client = redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=2)
+            found += client.scan_iter(count=1000)
+        return found
+
+    def freeze(self):
+        """SIGSTOP: connections stay open and the kernel accepts new ones; nothing answers."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self):
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self):
         if self.process and self.process.poll() is None:
+            self.thaw()
             self.process.terminate()
             self.process.wait(timeout=10)
 
@@ -262,3 +291,133 @@ class TCPProxy:
         self._stop = True
         self.cut()
         self._listener.close()
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (initdb into a temporary folder, trust auth, a free port)
+    that the test may stop, restart, or freeze with SIGSTOP.
+
+    initdb refuses to run as root: as root the cluster runs as the ``postgres`` user.
+    """
+
+    def __init__(self):
+        self.bin = Path(os.environ.get("MLAPI_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+        self.port = free_port()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.root = Path(tempfile.mkdtemp(prefix="mlapi-pg-"))
+        self.datadir = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        self.process = None
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        if self.user:
+            shutil.chown(self.root, self.user)
+
+    @classmethod
+    def available(cls):
+        """None when a cluster can be started here, else the reason it cannot."""
+        binary = Path(os.environ.get("MLAPI_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+        if not (binary / "initdb").exists():
+            return f"PostgreSQL server binaries not found in {binary} (set MLAPI_TEST_PG_BIN)"
+        if os.geteuid() == 0:
+            try:
+                import pwd
+
+                pwd.getpwnam("postgres")
+            except KeyError:
+                return "running as root without a postgres user to run initdb as"
+        return None
+
+    def _run(self, *args):
+        return subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            user=self.user,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self):
+        if not self.datadir.exists():
+            self._run(
+                "initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
+                "--no-sync", "-E", "UTF8",
+            )  # fmt: skip
+        self.log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            [
+                str(self.bin / "postgres"),
+                "-D",
+                str(self.datadir),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.root),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=50",
+            ],  # fmt: skip
+            user=self.user,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._up, timeout=30, what="postgres")
+        return self
+
+    def _up(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"postgres exited early:\n{self.log_path.read_text()[-2000:]}")
+        import psycopg
+
+        try:
+            psycopg.connect(
+                f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", connect_timeout=2
+            ).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def _processes(self):
+        import psutil
+
+        parent = psutil.Process(self.process.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def freeze(self):
+        """SIGSTOP the postmaster and every backend: the kernel still accepts and
+        acknowledges packets, but nothing answers (a paused VM). The postmaster stops first,
+        so no backend forked meanwhile escapes."""
+        import psutil
+
+        postmaster = psutil.Process(self.process.pid)
+        postmaster.send_signal(signal.SIGSTOP)
+        time.sleep(0.1)
+        for proc in postmaster.children(recursive=True):
+            proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self):
+        for proc in self._processes():
+            proc.send_signal(signal.SIGCONT)
+
+    def stop(self):
+        """Fast shutdown (SIGINT): sessions are ended, as in a restart."""
+        if self.process and self.process.poll() is None:
+            self.thaw()
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "log_file", None):
+            self.log_file.close()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -6,6 +6,7 @@ client must get a 408 (or a close) within the configured bound, in the embedded
 default (one worker) and with two workers sharing Redis.
 """
 
+import contextlib
 import os
 import selectors
 import signal
@@ -15,6 +16,8 @@ import time
 
 import pytest
 import requests
+
+from tests.system.servers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -236,6 +239,10 @@ def test_bodies_over_the_limit_are_refused_without_reading_them(servers):
     answer = exchange(server.port, head + b"a" * 1000)
     assert answer.startswith(b"HTTP/1.1 413 "), answer
     assert b"\r\nConnection: close\r\n" in answer
+    # A client that asks first is told 413 at once, never invited to send the body.
+    asking = head.replace(b"Host: mlapi\r\n", b"Host: mlapi\r\nExpect: 100-continue\r\n")
+    answer = exchange(server.port, asking)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
     chunked = (
         b"POST /token HTTP/1.1\r\nHost: mlapi\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"%x\r\n" % too_long + b"a" * 1000
@@ -296,3 +303,161 @@ def test_sigterm_serves_accepted_and_queued_connections_then_refuses(servers):
     assert server.process.wait(timeout=15) == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
+
+
+def test_malformed_framing_is_refused_with_a_400_and_never_kills_the_worker(servers):
+    """Whichever side refuses a request's framing, the client gets a 400 at once, and the
+    worker (and the connections it holds) lives on."""
+    server = slow_server(servers)
+    [worker] = server.worker_pids()
+    get = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\n\r\n"
+    token = (
+        b"POST /token HTTP/1.1\r\nHost: mlapi\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    refused = {
+        # int() of over 4300 digits raised in the event loop and killed the worker.
+        "long length": get[:-2] + b"Content-Length: " + b"1" * 5000 + b"\r\n\r\n",
+        "length and chunked": get[:-2]
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "duplicate length": get[:-2] + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        "listed length": get[:-2] + b"Content-Length: 1, 1\r\n\r\nx",
+        "chunked then identity": get[:-2] + b"Transfer-Encoding: chunked, identity\r\n\r\n",
+        "bad chunk size": token + b"zz\r\n",
+        "negative chunk size": token + b"-9\r\nusername=\r\n0\r\n\r\n",
+        "no blank line after the last chunk": token + b"0\r\n" + get,
+        "bad chunk extension": token + b"9;\x01\r\nusername=\r\n0\r\n\r\n",
+        "chunk without its CRLF": token + b"9\r\nusername=XX0\r\n\r\n",
+        "forbidden trailer": token + b"9\r\nusername=\r\n0\r\nHost: evil\r\n\r\n",
+        "bare LF": b"GET /health/live HTTP/1.1\nHost: mlapi\n\n",
+        "folded coding": get[:-2] + b"Transfer-Encoding: chunked\r\n , gzip\r\n\r\n",
+    }
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as kept:
+        kept.sendall(get)
+        assert read_response(kept).startswith(b"HTTP/1.1 200 ")
+        for name, request in refused.items():
+            started = time.monotonic()
+            answer = exchange(server.port, request)
+            assert answer.startswith(b"HTTP/1.1 400 "), (name, answer)
+            assert b"\r\nConnection: close\r\n" in answer, (name, answer)
+            assert time.monotonic() - started < READ_TIMEOUT / 2, name
+        kept.sendall(get)
+        assert read_response(kept).startswith(b"HTTP/1.1 200 ")
+    assert server.worker_pids() == [worker]
+
+
+def test_pipelined_requests_after_a_chunked_body_and_http_1_0_keep_alive(servers):
+    server = slow_server(servers)
+    chunked = (
+        b"POST /token HTTP/1.1\r\nHost: mlapi\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'f\r\nusername=nobody\r\n13 ; note="x"\r\n&password=wrong-one\r\n0\r\nX-Trailer: 1\r\n\r\n'
+    )
+    last = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\nConnection: close\r\n\r\n"
+    answer = exchange(server.port, chunked + last)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 2 and answer.endswith(b'{"status":"alive"}\n'), answer
+
+    # HEAD: no body in its answer, so the next answer on the connection starts right after.
+    head = b"HEAD /health/live HTTP/1.1\r\nHost: mlapi\r\n\r\n"
+    answer = exchange(server.port, head + last)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.split(b"\r\n\r\n")[1].startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b'{"status":"alive"}\n'), answer
+
+    # HTTP/1.0: kept alive when asked, and never sent a 100 Continue.
+    form = b"username=nobody&password=wrong-one"
+    asking = (
+        b"POST /token HTTP/1.0\r\nHost: mlapi\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(form)
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(asking)
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)
+        sock.settimeout(5)
+        sock.sendall(form)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.0 401 "), answer
+    keep = b"GET /health/live HTTP/1.0\r\nHost: mlapi\r\nConnection: keep-alive\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(keep)
+        assert read_response(sock).startswith(b"HTTP/1.0 200 ")
+        sock.sendall(b"GET /health/live HTTP/1.0\r\nHost: mlapi\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.0 200 ")
+
+
+def test_a_client_that_stops_reading_its_responses_frees_its_thread(servers):
+    """Each thread's send waits at most the send timeout for the client to take more;
+    then the connection is closed and the rest of its pipelined requests dropped."""
+    server = slow_server(servers, GUNICORN_THREADS="2")
+    one = len(requests.get(server.base + "/openapi.json", timeout=5).content)
+    many = b"GET /openapi.json HTTP/1.1\r\nHost: mlapi\r\n\r\n" * 200
+    stalled = []
+    for _ in range(2):  # one per thread
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(20)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(many)
+        stalled.append(sock)
+    # The kernel takes a few MB of each response stream before the sends block; each
+    # thread is freed a send timeout after its send stops moving.
+    response = requests.get(server.base + "/health/live", timeout=15)
+    assert response.status_code == 200
+
+    def given_up():
+        lines = [line.get("message") for line in server.log_lines()]
+        return lines.count("Closing a connection whose client stopped reading its response") == 2
+
+    wait_until(given_up, timeout=15, what="the server to give up on both clients")
+    for sock in stalled:
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            received = read_all(sock)
+        sock.close()
+        assert len(received) < 150 * one  # the rest of the 200 responses was dropped
+
+
+def test_one_worker_holds_a_bounded_number_of_bytes_of_unfinished_requests(servers):
+    server = slow_server(servers, GUNICORN_MAX_BUFFERED_BYTES="300000")
+    head = (
+        b"POST /token HTTP/1.1\r\nHost: mlapi\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 200000\r\n\r\n"
+    )
+    socks = []
+    for _ in range(8):  # 8 x 60 kB held, where 300 kB is the budget
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(head + b"a" * 60000)
+        socks.append(sock)
+        time.sleep(0.05)
+    assert requests.get(server.base + "/health/live", timeout=1).status_code == 200
+    busy = []
+    for sock in socks:
+        sock.settimeout(0.3)
+        with contextlib.suppress(TimeoutError):
+            busy.append(sock.recv(65536))
+        sock.close()
+    assert len(busy) >= 3, busy
+    assert all(a.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in a for a in busy)
+    time.sleep(0.2)
+    # Once those are gone, their bytes are free again: a large body is read in full.
+    body = b"username=nobody&password=" + b"p" * 200000
+    last = head.replace(b"200000", b"%d\r\nConnection: close" % len(body))
+    answer = exchange(server.port, last + body)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+
+
+def test_idle_connections_do_not_hold_a_stopping_worker(servers):
+    """At SIGTERM a connection that has sent nothing gets gthread's 2 s, not the read timeout."""
+    server = servers(env={"GUNICORN_REQUEST_READ_TIMEOUT": "30", "GUNICORN_GRACEFUL_TIMEOUT": "20"})
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=25) == 0
+    assert time.monotonic() - started < 6
+    for sock in idle:
+        assert read_all(sock) == b""
+        sock.close()

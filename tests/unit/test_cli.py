@@ -235,7 +235,8 @@ def test_check_an_npz_logistic_model(models_runner, tmp_path):
         ("bad.json", '{"name": "m"}', "invalid model file: version: Field required"),
         ("bad.json", "{", "cannot read model file"),
         ("model.pkl", "not even read", "pickle-based files are refused"),
-        ("model.onnx", "not a supported format", "unknown model format"),
+        ("model.onnx", "not a supported format", "not a readable ONNX model"),
+        ("model.txt", "a LightGBM booster", "refused: serve LightGBM boosters as ONNX"),
         (
             "wide.json",
             json.dumps({**LINEAR, "weights": [1.0] * 10_001, "feature_names": None}),

@@ -4,9 +4,10 @@ import inspect
 
 import gunicorn
 import pytest
+from gunicorn.http.body import CHUNK_EXT_RE, Body, ChunkedReader
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import Unreader
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from mlapi.worker import PendingRequest
 
@@ -34,8 +35,37 @@ def scan(data, max_body=100):
         (HEAD + b"Transfer-Encoding: chunked\r\n\r\n0\r\nT: 1\r\n", P.INCOMPLETE),
         (HEAD + b"Transfer-Encoding: chunked\r\n\r\n0\r\nT: 1\r\n\r\n", P.COMPLETE),
         (HEAD + b"Transfer-Encoding: chunked\r\n\r\n65\r\n", P.BODY_TOO_LARGE),
-        # Framing gunicorn refuses is handed over at once, for gunicorn to answer 400.
-        (HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", P.COMPLETE),
+        # Chunks are read by gunicorn's grammar; what its parser would refuse, this refuses
+        # (400) at once, never waiting for a body that gunicorn would frame differently.
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3zz\r\nabc\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n 3\r\nabc\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3;\x01\r\nabc\r\n0\r\n\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc0\r\n\r\n", P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3" + b"a" * 9000, P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3;x=" + b"a" * 9000, P.MALFORMED),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n0\r\nT: " + b"a" * 300, P.HEAD_TOO_LARGE),
+        # ... and what it accepts, it ends exactly where gunicorn does.
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n0003\r\nabc\r\n000\r\n\r\n", P.COMPLETE),
+        (HEAD + b'Transfer-Encoding: chunked\r\n\r\n3 ; a="b"\r\nabc\r\n0\r\n\r\n', P.COMPLETE),
+        (HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", P.COMPLETE),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"f" * 40 + b"\r\n", P.BODY_TOO_LARGE),
+        # Framing gunicorn refuses in the head is handed over at once, for its 400.
+        (HEAD + b"Transfer-Encoding: xchunked\r\n\r\n", P.COMPLETE),
+        (HEAD + b"Transfer-Encoding: chunked, identity\r\n\r\n", P.COMPLETE),
+        (HEAD + b"Transfer-Encoding: chunked\r\n , gzip\r\n\r\n", P.COMPLETE),
+        (HEAD + b"Content-Length: 5, 5\r\n\r\n", P.COMPLETE),
+        (HEAD + b"Content-Length : 5\r\n\r\n", P.COMPLETE),
+        (b"GET / HTTP/1.1\nHost: mlapi\n\n", P.COMPLETE),
+        (b"GET / HTTP/1.1\r\nHost: mlapi\r\n\n", P.COMPLETE),
+        # Too many digits for int() (4300): too large, never an error in the event loop.
+        (HEAD + b"Content-Length: " + b"1" * 5000 + b"\r\n\r\n", P.BODY_TOO_LARGE),
+        (HEAD + b"Content-Length: " + b"0" * 5000 + b"5\r\n\r\n12345", P.COMPLETE),
         (HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n", P.COMPLETE),
         (HEAD + b"Content-Length: +5\r\n\r\n", P.COMPLETE),
         (HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", P.COMPLETE),
@@ -69,6 +99,10 @@ def test_expect_100_continue_is_noticed():
     pending = P(HEAD + b"Expect: 100-Continue\r\nContent-Length: 3\r\n\r\n", 0.0, 200, 100)
     assert pending.scan() == P.INCOMPLETE
     assert pending.expects_continue
+    http_1_0 = HEAD.replace(b"HTTP/1.1", b"HTTP/1.0")
+    pending = P(http_1_0 + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n", 0.0, 200, 100)
+    assert pending.scan() == P.INCOMPLETE
+    assert not pending.expects_continue
 
 
 def test_the_gunicorn_internals_the_worker_relies_on_still_hold():
@@ -89,4 +123,10 @@ def test_the_gunicorn_internals_the_worker_relies_on_still_hold():
     for field in ("self.parser", "self.initialized", "conn.initialized"):
         assert field in init, field
     assert callable(Unreader.take_buffered) and callable(Unreader.unread)
+    # Chunks are framed by gunicorn's own extension grammar; a body is decoded up front.
+    assert CHUNK_EXT_RE.fullmatch(b' ; a=b;c="d"') and not CHUNK_EXT_RE.fullmatch(b";\x01")
+    assert list(inspect.signature(Body.__init__).parameters) == ["self", "reader"]
+    assert "self.reader" in inspect.getsource(Body.__init__)
+    assert callable(ChunkedReader.read)
+    assert STOP_KEEPALIVE_LINGER == 2.0
     assert Request._expected_100_continue is False

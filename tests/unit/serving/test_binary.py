@@ -8,7 +8,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from mlapi.serving import binary
-from mlapi.serving.runtime_errors import InferenceError, TensorError
+from mlapi.serving.errors import InferenceError, TensorError
 
 ARRAYS = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),

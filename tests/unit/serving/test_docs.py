@@ -1,4 +1,4 @@
-"""docs/model-repository.md's commands, run as written, give models the repository serves."""
+"""docs/models.md's conversions, run as written, give models the repository serves."""
 
 import re
 import subprocess
@@ -11,12 +11,15 @@ import pytest
 from mlapi.serving.onnx import load_onnx
 from mlapi.serving.repository import scan
 
-DOC = Path(__file__).parents[3] / "docs" / "model-repository.md"
+DOC = Path(__file__).parents[3] / "docs" / "models.md"
 
 
 @pytest.mark.slow
 def test_the_documented_conversions_give_served_models(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    text = DOC.read_text()
+    start = text.index("## From a trained model to a served version")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 3
 
     for block in blocks:

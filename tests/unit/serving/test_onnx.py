@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 import mlapi.serving
 from mlapi.serving import binary
 from mlapi.serving.datatypes import TensorSpec
+from mlapi.serving.errors import InferenceError, ModelLoadError, TensorError
 from mlapi.serving.onnx import PLATFORM, check_external_data, load_onnx
-from mlapi.serving.runtime_errors import InferenceError, ModelFileError, TensorError
 
 
 def save(graph, folder, name="model.onnx", **kwargs):
@@ -89,7 +89,7 @@ def test_a_zipmap_output_is_refused_with_the_conversion_option(training_data, tm
     x, y = training_data
     graph = to_onnx(LogisticRegression().fit(x, y), x[:1], target_opset=17)
 
-    with pytest.raises(ModelFileError, match=r"seq\(map.*zipmap=False"):
+    with pytest.raises(ModelLoadError, match=r"seq\(map.*zipmap=False"):
         load_onnx(save(graph, tmp_path))
 
 
@@ -155,7 +155,7 @@ def test_an_input_the_runtime_refuses_is_an_inference_error(tmp_path):
     with pytest.raises(InferenceError, match="cannot compute these inputs") as caught:
         model.predict({"x": np.ones((3, 3), np.float32)})
     assert "onnxruntime" not in str(caught.value)  # no source paths for the client
-    assert "cannot be reshaped" in caught.value.detail  # the log gets the runtime's reason
+    assert "cannot be reshaped" in caught.value.log_detail  # the log gets the runtime's reason
 
 
 def test_weights_in_an_external_file_beside_the_model_are_memory_mapped(tmp_path):
@@ -199,7 +199,7 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, where):
             entry.value = location
     save(graph, folder)
 
-    with pytest.raises(ModelFileError, match=r"keeps its data in .*outside the model's folder"):
+    with pytest.raises(ModelLoadError, match=r"keeps its data in .*outside the model's folder"):
         load_onnx(path)
     # onnxruntime 1.31 refuses these paths too: a second line of defence, not the only one.
     import onnxruntime
@@ -219,13 +219,13 @@ def test_unreadable_models_are_model_file_errors_naming_the_file(tmp_path, conte
     path = tmp_path / "model.onnx"
     path.write_bytes(content if isinstance(content, bytes) else content.SerializeToString())
 
-    with pytest.raises(ModelFileError, match=message) as caught:
+    with pytest.raises(ModelLoadError, match=message) as caught:
         load_onnx(path)
     assert str(path) in str(caught.value)
 
 
 def test_a_missing_file_is_a_model_file_error(tmp_path):
-    with pytest.raises(ModelFileError, match="not a readable ONNX model"):
+    with pytest.raises(ModelLoadError, match="not a readable ONNX model"):
         load_onnx(tmp_path / "absent.onnx")
 
 

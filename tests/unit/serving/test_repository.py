@@ -5,8 +5,8 @@ import os
 
 import pytest
 
+from mlapi.serving.errors import ModelLoadError
 from mlapi.serving.repository import changes, fingerprint, scan
-from mlapi.serving.runtime_errors import ModelFileError
 
 LINEAR = json.dumps({"name": "x", "version": "1", "kind": "linear", "weights": [1.0], "bias": 0})
 
@@ -229,7 +229,7 @@ def test_hidden_entries_are_skipped_and_flat_files_listed(tmp_path):
 
 
 def test_a_missing_repository_raises(tmp_path):
-    with pytest.raises(ModelFileError, match="is not a directory"):
+    with pytest.raises(ModelLoadError, match="is not a directory"):
         scan(tmp_path / "absent")
 
 

@@ -1,0 +1,251 @@
+"""The per-user prediction budget (MLAPI_PREDICT_RATE_LIMIT), in one Redis round trip.
+
+Every authenticated prediction request asks Redis one thing, with one Lua script
+(loaded once, called by its SHA): is the worker's cached view of users and
+revocations still current (mlapi/identity.py); if so, take the request's cost from
+the user's moving window; what is left and when it resets (for the headers); and,
+on /predict-cached, the cached prediction. If another process changed users or
+revocations, the script spends nothing and returns the new generation: the worker
+reads the user from SQL, answers 401 if the token is no longer accepted, and only
+then spends (a second trip, only after a change).
+
+flask-limiter checks every other limit. This one is run here because flask-limiter
+needs two round trips for it (the hit, then a second script for the headers' reset
+time) and cannot carry the identity check and the cache read. It keeps the same key
+and list layout as the ``limits`` library's moving window, so both count alike, and
+takes the time from the Redis server, so hosts with skewed clocks agree. Without
+Redis, or while Redis fails, it counts with ``limits`` in process memory, as
+flask-limiter's fallback does.
+"""
+
+import logging
+import math
+import time
+
+from flask import current_app, g
+from flask_jwt_extended import get_jwt_identity
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from werkzeug.exceptions import TooManyRequests
+
+from mlapi import identity
+from mlapi.extensions import limiter
+
+log = logging.getLogger(__name__)
+
+SCOPE = "predictions"
+
+# KEYS: the window list, the generation, the cached prediction, the active users' set
+#       (the last two only read or written when ARGV[5] / ARGV[6] ask).
+# ARGV: the generation the worker relies on ('' when it read SQL on this request),
+#       the limit's amount, its window in seconds, the request's cost, '1' to read the
+#       cached prediction, the user name to record as active ('' for none).
+# Returns {-1, generation} when the generation differs (nothing spent), else
+# {accepted 1/0, generation, oldest entry in the window, entries in it, now, cached value}.
+SCRIPT = """
+local generation = redis.call('GET', KEYS[2])
+if ARGV[1] ~= '' and generation ~= ARGV[1] then
+    return {-1, generation}
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local limit = tonumber(ARGV[2])
+local expiry = tonumber(ARGV[3])
+local amount = tonumber(ARGV[4])
+local accepted = 0
+if amount <= limit then
+    local entry = redis.call('LINDEX', KEYS[1], limit - amount)
+    if not (entry and tonumber(entry) >= now - expiry) then
+        local entries = {}
+        for i = 1, amount do
+            entries[i] = now
+        end
+        for i = 1, #entries, 5000 do
+            redis.call('LPUSH', KEYS[1], unpack(entries, i, math.min(i + 4999, #entries)))
+        end
+        redis.call('LTRIM', KEYS[1], 0, limit - 1)
+        redis.call('EXPIRE', KEYS[1], expiry)
+        accepted = 1
+    end
+end
+-- The oldest entry still in the window, by binary search (limits' moving_window.lua).
+local low, high, found = 0, redis.call('LLEN', KEYS[1]) - 1, nil
+while low <= high do
+    local mid = math.floor((low + high) / 2)
+    local value = tonumber(redis.call('LINDEX', KEYS[1], mid))
+    if value and value >= now - expiry then
+        found = mid
+        low = mid + 1
+    else
+        high = mid - 1
+    end
+end
+local oldest, count = now, 0
+if found then
+    oldest = tonumber(redis.call('LINDEX', KEYS[1], found))
+    count = found + 1
+end
+local cached = false
+if accepted == 1 and ARGV[5] == '1' then
+    cached = redis.call('GET', KEYS[3])
+end
+if ARGV[6] ~= '' then
+    redis.call('ZADD', KEYS[4], now, ARGV[6])
+end
+return {accepted, generation, tostring(oldest), count, tostring(now), cached}
+"""
+
+
+class Window:
+    """What the response headers say about the budget after this request."""
+
+    def __init__(self, item, accepted, remaining, window_end, now):
+        self.item = item
+        self.accepted = accepted
+        self.remaining = max(0, remaining)
+        self.reset_at = int(window_end + 1)  # as flask-limiter's RequestLimit.reset_at
+        self.now = now
+
+    def headers(self):
+        window = self.item.get_expiry()
+        reset = max(0, math.ceil(self.reset_at - self.now))
+        headers = {
+            "X-RateLimit-Limit": str(self.item.amount),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(int(self.reset_at)),
+            "RateLimit-Policy": f'"default";q={self.item.amount};w={window}',
+            "RateLimit": f'"default";r={self.remaining};t={reset}',
+        }
+        if not self.accepted:
+            headers["Retry-After"] = str(int(self.reset_at - self.now))
+        return headers
+
+
+class Budget:
+    """The per-user prediction budget of one app; one instance per worker."""
+
+    def __init__(self, app):
+        self.redis = app.extensions.get("mlapi.redis")
+        self.breaker = app.extensions.get("mlapi.redis_breaker")
+        self.generation_key = app.config["REDIS_KEY_PREFIX"] + "identity-generation"
+        self.key_prefix = app.config.get("RATELIMIT_KEY_PREFIX", "")
+        self.cache_prefix = app.config.get("CACHE_KEY_PREFIX", "")
+        self.sha = None
+        self._items = {}
+        # Without Redis: flask-limiter's own memory storage, so limits agree in one place.
+        self._memory = None
+        self._fallback = MovingWindowRateLimiter(MemoryStorage())
+
+    def item(self):
+        text = current_app.config["PREDICT_RATE_LIMIT"]
+        if text not in self._items:
+            self._items[text] = parse(text)
+        return self._items[text]
+
+    def memory(self):
+        """limits' moving window over flask-limiter's own storage (the app's, bound last)."""
+        storage = limiter.storage
+        if self._memory is None or self._memory.storage is not storage:
+            self._memory = MovingWindowRateLimiter(storage)
+        return self._memory
+
+    def spend(self, cost, stamp, recheck, cache_key=None):
+        """Take ``cost`` from the user's budget; raise 429 when it is spent.
+
+        ``stamp`` is the generation the request's user was served at (None if read from
+        SQL on this request); ``recheck(generation)`` reads the user again and raises
+        401 when the token is no longer accepted. The cached value of ``cache_key``,
+        when read in the same round trip, goes to ``g.prefetched_cache``.
+        """
+        item = self.item()
+        args = [a for a in (self.key_prefix, f"user:{get_jwt_identity()}", SCOPE) if a]
+        key = item.key_for(*args)
+        # Redis only when flask-limiter counts there too (MLAPI_REDIS_URL, and no other
+        # RATELIMIT_STORAGE_URI), so every limit is counted in one place.
+        shared = self.redis is not None and hasattr(limiter.storage, "prefixed_key")
+        if shared and self.breaker.closed:
+            import redis
+
+            try:
+                self._spend_in_redis(item, key, cost, stamp, recheck, cache_key)
+                return
+            except (redis.exceptions.RedisError, OSError):  # not the 401s and 429s it raises
+                self.breaker.trip()
+                log.warning("prediction budget counted in memory: Redis failed", exc_info=True)
+        if stamp is not None:
+            recheck(None)  # the user came from the cache and Redis cannot vouch for it
+        self._spend_in_memory(item, args, cost)
+
+    def _spend_in_redis(self, item, key, cost, stamp, recheck, cache_key):
+        # The storage's own prefix, so this list is the one limits' RedisStorage keeps.
+        active = g.pop("active_user_write", None) or (self.generation_key, "")
+        keys = [
+            limiter.storage.prefixed_key(key),
+            self.generation_key,
+            self.cache_prefix + (cache_key or ""),
+            active[0],
+        ]
+        argv = [stamp or "", item.amount, item.get_expiry(), cost]
+        argv += ["1" if cache_key is not None else "", active[1]]
+        result = self._run(keys, argv)
+        if result[0] == -1:
+            generation = result[1].decode() if result[1] else None
+            recheck(generation)
+            argv[0] = ""
+            result = self._run(keys, argv)
+        accepted, generation, oldest, count, now, cached = result
+        if generation:
+            identity.principals().observe(generation.decode())
+        remaining = item.amount - int(count)
+        end = float(oldest) + item.get_expiry()
+        window = Window(item, bool(accepted), remaining, end, float(now))
+        if cache_key is not None:
+            g.prefetched_cache = {cache_key: cached or None}
+        self._finish(window)
+
+    def _run(self, keys, argv):
+        import redis
+
+        if self.sha is None:
+            self.sha = self.redis.script_load(SCRIPT)
+        try:
+            return self.redis.evalsha(self.sha, len(keys), *keys, *argv)
+        except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts
+            self.sha = self.redis.script_load(SCRIPT)
+            return self.redis.evalsha(self.sha, len(keys), *keys, *argv)
+
+    def _spend_in_memory(self, item, args, cost):
+        shared = self.redis is not None and hasattr(limiter.storage, "prefixed_key")
+        strategy = self._fallback if shared else self.memory()
+        accepted = strategy.hit(item, *args, cost=cost)
+        reset_at, remaining = strategy.get_window_stats(item, *args)
+        self._finish(Window(item, accepted, remaining, reset_at, time.time()))
+
+    def _finish(self, window):
+        g.prediction_budget = window
+        if not window.accepted:
+            raise TooManyRequests(str(window.item))
+
+
+def budget():
+    return current_app.extensions["mlapi.budget"]
+
+
+def add_headers(response):
+    """The budget's headers, unless a flask-limiter limit of the view set its own."""
+    window = g.get("prediction_budget")
+    if window is None:
+        return response
+    if window.accepted and limiter.current_limit is not None:
+        return response
+    if not window.accepted:
+        limiter.context.view_rate_limit = None  # this 429 is the budget's, say so
+    response.headers.update(window.headers())
+    return response
+
+
+def init_app(app):
+    app.extensions["mlapi.budget"] = Budget(app)
+    # Registered after flask-limiter's header hook, so it runs before it.
+    app.after_request(add_headers)

@@ -1,0 +1,232 @@
+"""Who a token's user is, without a SQL query on every request.
+
+Each worker keeps the principals it read (the user's row and the session's revocation)
+and serves them again while two things hold: the shared *generation* still has the
+value it had when the row was read, and the row is younger than ``MAX_AGE`` seconds.
+Every commit that changes users or revocations (create, delete, disable, enable,
+password, role, logout) writes a new generation after it, in one place: the session
+events of :func:`watch_commits`. So a change made by any process is seen by every
+worker on its next request; ``MAX_AGE`` bounds only the case where the signal itself
+is lost (Redis unreachable when the change was announced).
+
+The generation is a random value in Redis when MLAPI_REDIS_URL is set. Without Redis
+(the embedded single-worker mode on SQLite), it is SQLite's ``PRAGMA data_version`` on
+a connection of its own, which changes whenever another connection or process commits
+(the CLI), plus a counter for this process's own changes. An unknown generation (Redis
+unreachable, the value missing, another database without Redis) means reading SQL, as
+without this cache. A cached answer that would refuse a token is read again from SQL
+before it refuses.
+"""
+
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+
+import sqlalchemy as sa
+from flask import current_app, has_app_context
+from flask_sqlalchemy.session import Session
+
+from mlapi import revocation, users
+
+log = logging.getLogger(__name__)
+
+MAX_AGE = 1.0
+MAX_ENTRIES = 10_000
+_CHANGED = "mlapi.identity_changed"
+
+
+class RedisGeneration:
+    """The generation as a random value under one Redis key, shared by every host."""
+
+    def __init__(self, redis, breaker, key):
+        self.redis = redis
+        self.breaker = breaker
+        self.key = key
+
+    def current(self):
+        """The value now, or None when Redis cannot say (then callers read SQL)."""
+        try:
+            value = self.breaker.call(self.redis.get, self.key)
+        except Exception:
+            return None
+        if value is None:
+            # First start, or Redis lost it (restart, eviction): start a generation; this
+            # request reads SQL, later ones are stamped with the new value.
+            try:
+                self.redis.set(self.key, secrets.token_hex(8), nx=True)
+            except Exception:
+                log.debug("could not start a generation", exc_info=True)
+            return None
+        return value.decode()
+
+    def bump(self):
+        # Tried even while the breaker is open: other workers may reach Redis and must
+        # learn of the change; a failure here leaves them at most MAX_AGE behind.
+        try:
+            self.redis.set(self.key, secrets.token_hex(8))
+        except Exception:
+            log.warning("could not announce a user change in Redis", exc_info=True)
+
+
+class SQLiteGeneration:
+    """SQLite's data_version on a dedicated connection, plus this process's own changes."""
+
+    def __init__(self, path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._local = 0
+        self._conn = None
+        self._pid = None
+
+    def _version(self):
+        if self.path is None:  # an in-memory database lives in this process only
+            return 0
+        if self._pid != os.getpid():  # never share a connection across gunicorn's fork
+            self._conn = sqlite3.connect(self.path, check_same_thread=False)
+            self._pid = os.getpid()
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def current(self):
+        try:
+            with self._lock:
+                return f"{self._version()}.{self._local}"
+        except sqlite3.Error:
+            return None
+
+    def bump(self):
+        with self._lock:
+            self._local += 1
+
+
+class Principals:
+    """A per-worker cache of ``users.load_principal``, keyed by user and session."""
+
+    def __init__(self, source, load=None, clock=time.monotonic):
+        self.source = source
+        self.load = load or users.load_principal
+        self.clock = clock
+        self._entries = {}
+        self._refreshing = threading.Lock()
+        # The newest generation this worker saw, from the source or the budget's script.
+        self.known = None
+        # Only a Redis generation can be checked later, in the budget's round trip.
+        self.can_defer = isinstance(source, RedisGeneration)
+
+    def generation(self):
+        """The generation now, or None if unknown."""
+        value = self.source.current() if self.source is not None else None
+        if value is not None:
+            self.known = value
+        return value
+
+    def observe(self, generation):
+        self.known = generation
+
+    def lookup(self, username, sid, accepted, deferred=False):
+        """((Principal or None, revoked), stamp): read from SQL unless a fresh cache entry
+        accepts the token.
+
+        ``accepted(principal, revoked)`` says whether the answer lets the token in; an
+        answer that refuses is never served from the cache. With ``deferred`` (and a
+        Redis generation), the generation is not asked now: an entry of the newest
+        generation this worker saw is served, and the returned stamp (that generation)
+        must be checked by the caller before the request does anything (the budget's
+        script does); the stamp is None when nothing is left to check.
+        """
+        deferred = deferred and self.can_defer
+        generation = self.known if deferred else self.generation()
+        entry = self._entries.get((username, sid))
+        if generation is None or entry is None or entry[0] != generation or not accepted(*entry[2]):
+            return self.reload(username, sid, generation), None
+        stamp = generation if deferred else None
+        age = self.clock() - entry[1]
+        if age < MAX_AGE:
+            return entry[2], stamp
+        # Aged out: one thread of this worker reads it again; the others keep serving
+        # the entry (of the current generation) meanwhile, up to twice MAX_AGE.
+        if not self._refreshing.acquire(blocking=False):
+            if age < 2 * MAX_AGE:
+                return entry[2], stamp
+            return self.reload(username, sid, generation), None
+        try:
+            return self.reload(username, sid, generation), None
+        finally:
+            self._refreshing.release()
+
+    def reload(self, username, sid, generation):
+        """Read from SQL; cached under ``generation``, which must predate the read."""
+        value = self.load(username, sid)
+        if generation is not None:
+            self.known = generation
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[(username, sid)] = (generation, self.clock(), value)
+        return value
+
+    def changed(self):
+        """Announce a committed change of users or revocations to every worker."""
+        self._entries.clear()
+        if self.source is not None:
+            self.source.bump()
+
+
+def principals():
+    return current_app.extensions["mlapi.principals"]
+
+
+def _generation_source(app):
+    redis = app.extensions.get("mlapi.redis")
+    if redis is not None:
+        key = app.config["REDIS_KEY_PREFIX"] + "identity-generation"
+        return RedisGeneration(redis, app.extensions["mlapi.redis_breaker"], key)
+    url = sa.engine.make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() == "sqlite":
+        in_file = url.database and url.database != ":memory:"
+        return SQLiteGeneration(url.database if in_file else None)
+    return None  # another database and no Redis: read SQL on every request, as before
+
+
+# --- the one place that sees every commit of users and revocations ----------------------
+
+IDENTITY_TABLES = (users.User, revocation.RevokedSession)
+
+
+def _mark_flushed(session, _context):
+    touched = (*session.new, *session.dirty, *session.deleted)
+    if any(isinstance(obj, IDENTITY_TABLES) for obj in touched):
+        session.info[_CHANGED] = True
+
+
+def _mark_statement(state):
+    # Bulk statements (revocation's upsert and purge) do not go through the flush.
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[_CHANGED] = True
+
+
+def _announce(session):
+    if session.info.pop(_CHANGED, False) and has_app_context():
+        cache = current_app.extensions.get("mlapi.principals")
+        if cache is not None:
+            cache.changed()
+
+
+def _forget(session):
+    session.info.pop(_CHANGED, None)
+
+
+def watch_commits():
+    """Listen, once per process, to Flask-SQLAlchemy's sessions for identity changes."""
+    if sa.event.contains(Session, "after_commit", _announce):
+        return
+    sa.event.listen(Session, "after_flush", _mark_flushed)
+    sa.event.listen(Session, "do_orm_execute", _mark_statement)
+    sa.event.listen(Session, "after_commit", _announce)
+    sa.event.listen(Session, "after_rollback", _forget)
+
+
+def init_app(app):
+    app.extensions["mlapi.principals"] = Principals(_generation_source(app))
+    watch_commits()
