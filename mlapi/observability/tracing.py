@@ -148,6 +148,7 @@ def init_app(app):
     tracer = trace.get_tracer("mlapi")
     _trace_auth(tracer)
     _trace_limits(tracer, limiter)
+    _trace_budget(tracer, app.extensions.get("mlapi.budget"))
     _trace_models(tracer, app.extensions["mlapi.models"])
     _trace_cache(tracer, app.extensions["mlapi.prediction_cache"])
 
@@ -186,6 +187,12 @@ def _trace_limits(tracer, limiter):
     # a private name, so tests/system/test_tracing_otlp.py checks the span).
     if not getattr(limiter._check_request_limit, "mlapi_traced", False):
         limiter._check_request_limit = _spanned(tracer, "mlapi.limit", limiter._check_request_limit)
+
+
+def _trace_budget(tracer, budget):
+    # The per-user prediction budget (mlapi/budget.py) is a limit check of its own.
+    if budget is not None and not getattr(budget.spend, "mlapi_traced", False):
+        budget.spend = _spanned(tracer, "mlapi.limit", budget.spend)
 
 
 def _trace_models(tracer, registry):
