@@ -27,6 +27,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import config as _config  # noqa: E402 (after the environment above; "config" is a gunicorn setting)
 
+# Tracing (when OTEL_* variables name an exporter) starts its exporter thread in each
+# worker after the fork (post_fork below), never in this master process; a wrong
+# OTEL_* value stops the server here. Imported after the environment above is set.
+from mlapi.observability import tracing  # noqa: E402
+
+tracing.defer_start()
+
 _log = logging.getLogger("gunicorn.error")
 _settings = _config.checked_settings()
 
@@ -115,10 +122,17 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    """In each new worker: /metrics reports the process metrics of the master and every worker."""
+    """In each new worker: /metrics reports the process metrics of the master and every
+    worker, and the worker's trace exporter starts (a no-op when tracing is off)."""
     from mlapi.observability import metrics
 
     metrics.serve_as_worker_of(server.pid)
+    tracing.start()
+
+
+def worker_exit(server, worker):
+    """A worker is stopping: send the spans it still holds (a no-op when tracing is off)."""
+    tracing.shutdown()
 
 
 def child_exit(server, worker):

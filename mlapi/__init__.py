@@ -23,6 +23,7 @@ from mlapi import (
     redis_client,
 )
 from mlapi.api import strict_json
+from mlapi.observability import tracing
 from mlapi.version import __version__  # noqa: F401 (mlapi.__version__)
 
 
@@ -61,6 +62,8 @@ def create_app(overrides=None, instance_path=None):
     api.init_app(app)
     # flask users / db / models commands.
     cli.init_app(app)
+    # Spans, when OTEL_* variables name an exporter: last, as it wraps the steps above.
+    tracing.init_app(app)
     return app
 
 

@@ -1,7 +1,7 @@
 """gunicorn's own logs as JSON lines: its error log, and one access line per request.
 
 The access line carries what the app put in the WSGI environ (request id, route
-template, authenticated user), so it can be joined with the app's log lines.
+template, authenticated user, and the trace and span ids when tracing is on), so it can be joined with the app's log lines.
 Probes and scrapes are logged at debug level, never at info on every poll.
 """
 
@@ -60,6 +60,10 @@ class JsonLogger(Logger):
         user = environ.get("mlapi.user")
         if user:
             fields["user"] = user
+        trace_id = environ.get("mlapi.trace_id")
+        if trace_id:
+            fields["trace_id"] = trace_id
+            fields["span_id"] = environ.get("mlapi.span_id")
         try:
             self.access_log.log(level, json.dumps(fields))
         except Exception:

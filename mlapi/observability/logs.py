@@ -10,7 +10,8 @@ from mlapi.observability.hooks import route
 
 
 class RequestContextFilter(logging.Filter):
-    """Add the request's id, method, route, user and client address to every log record."""
+    """Add the request's id, method, route, user, client address and (when tracing) trace and
+    span ids to every log record."""
 
     def filter(self, record):
         if has_request_context():
@@ -21,6 +22,10 @@ class RequestContextFilter(logging.Filter):
             user = request.environ.get("mlapi.user")
             if user:
                 record.user = user
+            trace_id = request.environ.get("mlapi.trace_id")
+            if trace_id:
+                record.trace_id = trace_id
+                record.span_id = request.environ.get("mlapi.span_id")
         return True
 
 

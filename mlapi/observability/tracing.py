@@ -1,0 +1,240 @@
+"""OpenTelemetry tracing, on when the standard ``OTEL_*`` variables name an exporter.
+
+Off (the default), nothing of OpenTelemetry is imported and no request pays for it:
+this module's top level imports only the standard library, and every span below is
+added by wrapping, at start, the few calls it measures.
+
+On, each request is a server span (opentelemetry-instrumentation-flask, which honours
+an incoming W3C ``traceparent``), with child spans for token verification
+(``mlapi.auth``), each rate-limit check (``mlapi.limit``), prediction-cache reads and
+writes (``mlapi.cache.get``, ``mlapi.cache.set``) and each model call
+(``mlapi.model.predict``). The trace and span ids go into the request's log lines and
+gunicorn's access line. Spans leave through a BatchSpanProcessor whose thread starts in
+each gunicorn worker after the fork (``post_fork``), never in the master, and is flushed
+and stopped when the worker exits.
+"""
+
+import functools
+import logging
+import os
+import threading
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = frozenset({"otlp", "console"})
+HTTP_PROTOCOLS = frozenset({"http/protobuf"})
+# Probes and scrapes are polled every few seconds: tracing them would be mostly noise.
+# OTEL_PYTHON_FLASK_EXCLUDED_URLS, when set, replaces this list.
+QUIET_URLS = "/health/live$,/health/ready$,/health/metrics$,/metrics$"
+TRACE_ID = "mlapi.trace_id"
+SPAN_ID = "mlapi.span_id"
+
+_lock = threading.Lock()
+_state = {"provider": None, "pid": None, "deferred": False}
+
+
+def exporters(environ=os.environ):
+    """The span exporters the environment names; empty when tracing is off.
+
+    Tracing is on when ``OTEL_TRACES_EXPORTER`` names an exporter, or, with that variable
+    unset, when an OTLP endpoint is given; ``OTEL_SDK_DISABLED=true`` turns it off.
+    Raises ValueError, naming the variable, for a value mlapi cannot honour.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return ()
+    raw = environ.get("OTEL_TRACES_EXPORTER")
+    if raw is None:
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        raw = "otlp" if endpoint else "none"
+    names = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+    if names in ((), ("none",)):
+        return ()
+    unknown = [n for n in names if n not in EXPORTERS]
+    if unknown or "none" in names:
+        raise ValueError(
+            f"OTEL_TRACES_EXPORTER={raw!r}: mlapi supports {', '.join(sorted(EXPORTERS))} "
+            "or none (comma-separated)."
+        )
+    if "otlp" in names:
+        for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            protocol = environ.get(variable)
+            if protocol:
+                if protocol.strip().lower() not in HTTP_PROTOCOLS:
+                    raise ValueError(
+                        f"{variable}={protocol!r}: mlapi exports OTLP over HTTP only; set it "
+                        "to http/protobuf (the collector's port 4318) or leave it unset."
+                    )
+                break
+    return names
+
+
+def enabled():
+    return bool(exporters())
+
+
+def defer_start():
+    """Called by gunicorn's config in the master: workers start the exporter after the fork.
+
+    Checks the tracing variables now, so a wrong value stops the server at start.
+    """
+    exporters()
+    _state["deferred"] = True
+
+
+def start():
+    """Start this process's tracer provider and its span exporter thread (once per process)."""
+    names = exporters()
+    if not names:
+        return
+    with _lock:
+        if _state["pid"] == os.getpid():
+            return
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        # The global provider can be set once per process: an app built twice in one
+        # process keeps the first.
+        if _state["provider"] is None:
+            resource = Resource.create(
+                {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or "mlapi"}
+            )
+            provider = TracerProvider(resource=resource)
+            for name in names:
+                provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
+            trace.set_tracer_provider(provider)
+            _state["provider"] = provider
+        _state["pid"] = os.getpid()
+    log.info("tracing started", extra={"exporters": list(names)})
+
+
+def shutdown():
+    """Export the spans still queued and stop the exporter thread (a worker's last act)."""
+    provider = _state["provider"]
+    if provider is not None and _state["pid"] == os.getpid():
+        provider.shutdown()
+        _state["pid"] = None
+
+
+def _exporter(name):
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    # Endpoint, headers, timeout, compression and certificates from the OTEL_* variables.
+    return OTLPSpanExporter()
+
+
+def init_app(app):
+    """Trace this app when the environment names an exporter; otherwise do nothing."""
+    if not exporters():
+        return
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    from mlapi.extensions import limiter
+
+    if not _state["deferred"]:
+        start()
+    excluded = os.environ.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS", QUIET_URLS)
+    FlaskInstrumentor().instrument_app(
+        app, request_hook=_remember_ids, excluded_urls=excluded, enable_commenter=False
+    )
+    tracer = trace.get_tracer("mlapi")
+    _trace_auth(tracer)
+    _trace_limits(tracer, limiter)
+    _trace_budget(tracer, app.extensions.get("mlapi.budget"))
+    _trace_models(tracer, app.extensions["mlapi.models"])
+    _trace_cache(tracer, app.extensions["mlapi.prediction_cache"])
+
+
+def _remember_ids(span, environ):
+    """Put the request span's ids where the log filter and gunicorn's access line read them."""
+    context = span.get_span_context()
+    if context.is_valid:
+        environ[TRACE_ID] = format(context.trace_id, "032x")
+        environ[SPAN_ID] = format(context.span_id, "016x")
+
+
+def _spanned(tracer, name, fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with tracer.start_as_current_span(name):
+            return fn(*args, **kwargs)
+
+    wrapper.mlapi_traced = True
+    return wrapper
+
+
+def _trace_auth(tracer):
+    # jwt_required() calls the module-level verify_jwt_in_request of this module (a public
+    # module of flask-jwt-extended, pinned; tests/system/test_tracing_otlp.py checks the span).
+    from flask_jwt_extended import view_decorators
+
+    if not getattr(view_decorators.verify_jwt_in_request, "mlapi_traced", False):
+        view_decorators.verify_jwt_in_request = _spanned(
+            tracer, "mlapi.auth", view_decorators.verify_jwt_in_request
+        )
+
+
+def _trace_limits(tracer, limiter):
+    # Every limit decorator calls limiter._check_request_limit (flask-limiter 4.1, pinned;
+    # a private name, so tests/system/test_tracing_otlp.py checks the span).
+    if not getattr(limiter._check_request_limit, "mlapi_traced", False):
+        limiter._check_request_limit = _spanned(tracer, "mlapi.limit", limiter._check_request_limit)
+
+
+def _trace_budget(tracer, budget):
+    # The per-user prediction budget (mlapi/budget.py) is a limit check of its own.
+    if budget is not None and not getattr(budget.spend, "mlapi_traced", False):
+        budget.spend = _spanned(tracer, "mlapi.limit", budget.spend)
+
+
+def _trace_models(tracer, registry):
+    predict = registry.predict
+    if getattr(predict, "mlapi_traced", False):
+        return
+
+    @functools.wraps(predict)
+    def traced_predict(name, batch, version=None):
+        with tracer.start_as_current_span("mlapi.model.predict") as span:
+            span.set_attribute("mlapi.model.name", name)
+            span.set_attribute("mlapi.model.rows", len(batch))
+            model, values = predict(name, batch, version)
+            span.set_attribute("mlapi.model.version", model.version)
+            return model, values
+
+    traced_predict.mlapi_traced = True
+    registry.predict = traced_predict
+
+
+def _trace_cache(tracer, prediction_cache):
+    if not isinstance(prediction_cache.store, TracedStore):
+        prediction_cache.store = TracedStore(prediction_cache.store, tracer)
+
+
+class TracedStore:
+    """A prediction-cache store whose reads and writes are spans."""
+
+    def __init__(self, store, tracer):
+        self.store = store
+        self.tracer = tracer
+
+    def get(self, key):
+        with self.tracer.start_as_current_span("mlapi.cache.get") as span:
+            value = self.store.get(key)
+            span.set_attribute("mlapi.cache.hit", value is not None)
+            return value
+
+    def set(self, key, value):
+        with self.tracer.start_as_current_span("mlapi.cache.set"):
+            return self.store.set(key, value)
+
+    def delete(self, key):
+        with self.tracer.start_as_current_span("mlapi.cache.delete"):
+            return self.store.delete(key)
