@@ -337,7 +337,9 @@ def exit_on_error(error):
         setting=error.setting,
         fix=error.fix,
     )
-    raise SystemExit(EXIT_CONFIGURATION)
+    # Under gunicorn, 4 ("application failed to load") stops the master instead of
+    # respawning workers; elsewhere (the flask CLI) a failure is the usual exit status 1.
+    raise SystemExit(EXIT_CONFIGURATION if "gunicorn.arbiter" in sys.modules else 1)
 
 
 def start(factory):

@@ -47,8 +47,8 @@ def create_app(overrides=None, instance_path=None):
     errors.init_app(app)
     # Browsers on other origins: off unless MLAPI_CORS_ORIGINS lists them.
     cors.init_app(app)
-    # Users and revocations in SQL (waiting a bounded time for the server), migrated on start.
-    config.wait_for_database(app.config["DATABASE_URL"], app.config["DB_WAIT_SECONDS"])
+    # Users and revocations in SQL, migrated on start. (gunicorn's master waits a bounded
+    # time for the database before any worker starts; the CLI answers at once.)
     database.init_app(app)
     # Each worker's cache of token users, re-read when users or revocations change.
     identity.init_app(app)

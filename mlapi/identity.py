@@ -85,7 +85,9 @@ class SQLiteGeneration:
         if self.path is None:  # an in-memory database lives in this process only
             return 0
         if self._pid != os.getpid():  # never share a connection across gunicorn's fork
-            self._conn = sqlite3.connect(self.path, check_same_thread=False)
+            # No busy wait: a locked file means "unknown", and the SQL read that follows
+            # waits MLAPI_DATABASE_TIMEOUT once (then 503) instead of twice.
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=0)
             self._pid = os.getpid()
         return self._conn.execute("PRAGMA data_version").fetchone()[0]
 
