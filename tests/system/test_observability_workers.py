@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from tests.helpers import metric, promtool
+from tests.system.servers import wait_until
 
 PASSWORD = "observe-pass-12"
 
@@ -27,7 +28,8 @@ def four_workers(servers, redis_url, tmp_path):
     server = servers(env=env, create=False)
     assert server.flask("users", "create", "alice", "--password", PASSWORD).returncode == 0
     server.start()
-    assert len(server.worker_pids()) == 4
+    # start() returns once one worker answers; the other three may still be booting.
+    wait_until(lambda: len(server.worker_pids()) == 4, timeout=30, what="four workers")
     return server
 
 
