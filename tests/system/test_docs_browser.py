@@ -43,17 +43,10 @@ def chromium():
         browser.close()
 
 
-def test_swagger_ui_logs_in_through_authorize_and_calls_the_api(servers, chromium):
-    """In a real browser with every other host blocked: /docs renders the finished document,
-    the Authorize dialog logs in with the OAuth2 password flow at /token, and "Try it out"
-    on GET /users/me answers 200 with the user."""
-    server = servers(create=False)
-    created = server.flask("users", "create", "alice", "--password", PASSWORD)
-    assert created.returncode == 0, created.stderr
-    server.start()
+def page_on_this_server(chromium, server):
+    """A new page whose requests to any other host are aborted and listed (the second value)."""
     origin = urlsplit(server.base).netloc
     elsewhere = []
-    token_requests = []
 
     def only_this_server(route):
         if urlsplit(route.request.url).netloc == origin:
@@ -64,6 +57,19 @@ def test_swagger_ui_logs_in_through_authorize_and_calls_the_api(servers, chromiu
 
     page = chromium.new_page()
     page.route("**/*", only_this_server)
+    return page, elsewhere
+
+
+def test_swagger_ui_logs_in_through_authorize_and_calls_the_api(servers, chromium):
+    """In a real browser with every other host blocked: /docs renders the finished document,
+    the Authorize dialog logs in with the OAuth2 password flow at /token, and "Try it out"
+    on GET /users/me answers 200 with the user."""
+    server = servers(create=False)
+    created = server.flask("users", "create", "alice", "--password", PASSWORD)
+    assert created.returncode == 0, created.stderr
+    server.start()
+    page, elsewhere = page_on_this_server(chromium, server)
+    token_requests = []
     page.on(
         "request",
         lambda request: token_requests.append(request) if request.url.endswith("/token") else None,
@@ -103,18 +109,7 @@ def test_swagger_ui_logs_in_through_authorize_and_calls_the_api(servers, chromiu
 def test_redoc_renders_the_document(servers, chromium):
     """ReDoc, loaded only from this server, renders the operations of /openapi.json."""
     server = servers()
-    origin = urlsplit(server.base).netloc
-    elsewhere = []
-
-    def only_this_server(route):
-        if urlsplit(route.request.url).netloc == origin:
-            route.continue_()
-        else:
-            elsewhere.append(route.request.url)
-            route.abort()
-
-    page = chromium.new_page()
-    page.route("**/*", only_this_server)
+    page, elsewhere = page_on_this_server(chromium, server)
     page.goto(server.url("/docs/redoc/"))
     page.get_by_text("/users/me").first.wait_for(timeout=20_000)
     assert "mlapi" in page.locator("h1").first.inner_text()
