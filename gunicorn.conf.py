@@ -146,5 +146,6 @@ def post_worker_init(worker):
     """In each worker, once its app is loaded: poll the model repository on a thread."""
     from mlapi.predictions import start_polling
 
-    if hasattr(worker.wsgi, "extensions"):
+    # Only mlapi's app has a reloader (the bench serves a bare Flask app with this file too).
+    if "mlapi.reloader" in getattr(worker.wsgi, "extensions", {}):
         start_polling(worker.wsgi)
