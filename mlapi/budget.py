@@ -20,6 +20,7 @@ flask-limiter's fallback does.
 
 import logging
 import math
+import secrets
 import time
 
 from flask import current_app, g
@@ -40,11 +41,16 @@ SCOPE = "predictions"
 #       (the last two only read or written when ARGV[5] / ARGV[6] ask).
 # ARGV: the generation the worker relies on ('' when it read SQL on this request),
 #       the limit's amount, its window in seconds, the request's cost, '1' to read the
-#       cached prediction, the user name to record as active ('' for none).
+#       cached prediction, the user name to record as active ('' for none), and a fresh
+#       random generation to start with when none is set (first start, or Redis lost it).
 # Returns {-1, generation} when the generation differs (nothing spent), else
 # {accepted 1/0, generation, oldest entry in the window, entries in it, now, cached value}.
 SCRIPT = """
 local generation = redis.call('GET', KEYS[2])
+if not generation then
+    generation = ARGV[7]
+    redis.call('SET', KEYS[2], generation)
+end
 if ARGV[1] ~= '' and generation ~= ARGV[1] then
     return {-1, generation}
 end
@@ -187,7 +193,7 @@ class Budget:
             active[0],
         ]
         argv = [stamp or "", item.amount, item.get_expiry(), cost]
-        argv += ["1" if cache_key is not None else "", active[1]]
+        argv += ["1" if cache_key is not None else "", active[1], secrets.token_hex(8)]
         result = self._run(keys, argv)
         if result[0] == -1:
             generation = result[1].decode() if result[1] else None

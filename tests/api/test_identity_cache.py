@@ -167,6 +167,24 @@ def test_without_a_generation_every_request_reads_sql(make_app, count_sql):
     assert len(counter.statements) == 3
 
 
+def test_a_generation_lost_in_redis_is_started_again(make_app, redis_url, count_sql):
+    """Redis restarted or evicted the generation: one request reads SQL and starts a new
+    one in its round trip; the next requests are served from the cache again."""
+    import redis
+
+    app = make_app(REDIS_URL=redis_url)
+    client, headers = client_for(app)
+    warm(client, headers, app, count_sql)
+    key = app.config["REDIS_KEY_PREFIX"] + "identity-generation"
+    server = redis.Redis.from_url(redis_url)
+    assert server.delete(key) == 1
+    counter = count_sql(app)
+    for _ in range(5):
+        assert client.post("/v1/predict", json=BODY, headers=headers).status_code == 200
+    assert server.get(key) is not None
+    assert len(counter.statements) == 1, counter.statements
+
+
 def test_a_refusal_is_never_served_from_the_cache():
     """An entry that would refuse is read again; an accepting one is served while fresh."""
     answers = [("stale", True), ("fresh", False)]
