@@ -23,7 +23,7 @@ import math
 import secrets
 import time
 
-from flask import current_app, g
+from flask import current_app, g, request
 from flask_jwt_extended import get_jwt_identity
 from limits import parse
 from limits.storage import MemoryStorage
@@ -32,6 +32,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from mlapi import identity
 from mlapi.extensions import limiter
+from mlapi.observability.hooks import EXTRA_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,15 @@ class Window:
     def headers(self):
         window = self.item.get_expiry()
         reset = max(0, math.ceil(self.reset_at - self.now))
-        headers = {
-            "X-RateLimit-Limit": str(self.item.amount),
-            "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(int(self.reset_at)),
-            "RateLimit-Policy": f'"default";q={self.item.amount};w={window}',
-            "RateLimit": f'"default";r={self.remaining};t={reset}',
-        }
+        headers = [
+            ("X-RateLimit-Limit", str(self.item.amount)),
+            ("X-RateLimit-Remaining", str(self.remaining)),
+            ("X-RateLimit-Reset", str(int(self.reset_at))),
+            ("RateLimit-Policy", f'"default";q={self.item.amount};w={window}'),
+            ("RateLimit", f'"default";r={self.remaining};t={reset}'),
+        ]
         if not self.accepted:
-            headers["Retry-After"] = str(int(self.reset_at - self.now))
+            headers.append(("Retry-After", str(int(self.reset_at - self.now))))
         return headers
 
 
@@ -156,14 +157,19 @@ class Budget:
             self._memory = MovingWindowRateLimiter(storage)
         return self._memory
 
-    def spend(self, cost, stamp, recheck, cache_key=None):
+    def spend(self, cost, stamp, recheck, cache_key=None, own_headers=True):
         """Take ``cost`` from the user's budget; raise 429 when it is spent.
+
+        With ``own_headers`` (the view has no flask-limiter limit whose headers would
+        win), an accepted request's headers go straight to the response's header list
+        (mlapi/observability/hooks.py), without an after-request hook.
 
         ``stamp`` is the generation the request's user was served at (None if read from
         SQL on this request); ``recheck(generation)`` reads the user again and raises
         401 when the token is no longer accepted. The cached value of ``cache_key``,
         when read in the same round trip, goes to ``g.prefetched_cache``.
         """
+        g.budget_headers_here = own_headers
         item = self.item()
         args = [a for a in (self.key_prefix, f"user:{get_jwt_identity()}", SCOPE) if a]
         key = item.key_for(*args)
@@ -229,6 +235,9 @@ class Budget:
         self._finish(Window(item, accepted, remaining, reset_at, time.time()))
 
     def _finish(self, window):
+        if window.accepted and g.pop("budget_headers_here", False):
+            request.environ[EXTRA_HEADERS] = window.headers()
+            return
         g.prediction_budget = window
         if not window.accepted:
             raise TooManyRequests(str(window.item))
@@ -247,7 +256,7 @@ def add_headers(response):
         return response
     if not window.accepted:
         limiter.context.view_rate_limit = None  # this 429 is the budget's, say so
-    response.headers.update(window.headers())
+    response.headers.update(dict(window.headers()))
     return response
 
 

@@ -1,10 +1,17 @@
-"""Request hooks: the request id, the X-Process-Time header, and each request's metrics."""
+"""Per request: the request id, the X-Process-Time header, and the request's metrics.
+
+They are kept by :class:`RequestObserver`, a WSGI middleware around the Flask app: it
+sees every request, including the ones Flask answers with an error, and adds its two
+headers to the header list as the response starts, without Flask's hooks and header
+objects. One after-request hook names the matched route (a bounded label) in the
+WSGI environ, where the middleware, the logs and gunicorn's access line read it.
+"""
 
 import re
 import time
 import uuid
 
-from flask import current_app, g, request
+from flask import current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mlapi.observability.metrics import IN_FLIGHT, RATE_LIMITED, REQUEST_LATENCY, REQUESTS
@@ -13,6 +20,11 @@ UNMATCHED = "<unmatched>"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 EXPORTER_ENDPOINT = "prometheus_metrics"
+# Where the WSGI environ carries what the middleware, the logs and the access line read.
+ROUTE = "mlapi.route"
+ID = "mlapi.request_id"
+# Headers a view asks the middleware to add (a list of (name, value)).
+EXTRA_HEADERS = "mlapi.response_headers"
 
 
 def route():
@@ -42,57 +54,75 @@ def allowing_route(exc):
     return cached
 
 
-def start_request():
-    g.started = time.perf_counter()
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request.environ["mlapi.request_id"] = g.request_id
-    if request.endpoint != EXPORTER_ENDPOINT:
-        IN_FLIGHT.inc()
-        g.in_flight = True
+def request_id():
+    """This request's id (the client's X-Request-ID when well formed, else a new one)."""
+    return request.environ.get(ID)
 
 
-def finish_request(response):
-    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    response.headers["X-Request-ID"] = g.get("request_id", "")
-    response.headers["X-Process-Time"] = f"{elapsed:.6f}"
-    endpoint = route()
-    request.environ["mlapi.route"] = endpoint
-    if request.endpoint != EXPORTER_ENDPOINT and not g.get("counted"):
-        g.counted = True
-        method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        requests, latency = children(method, endpoint, response.status_code)
-        requests.inc()
-        latency.observe(elapsed)
-        if response.status_code == 429:
-            RATE_LIMITED.labels(endpoint).inc()
+def name_route(response):
+    request.environ[ROUTE] = route()
     return response
 
 
-_children = {}
+class RequestObserver:
+    """WSGI middleware: request id, X-Process-Time and request metrics for every request."""
 
+    def __init__(self, wsgi_app, uncounted=()):
+        self.wsgi_app = wsgi_app
+        # The exporter's own paths: a scrape is neither counted nor in flight.
+        self.uncounted = frozenset(uncounted)
+        self._children = {}
 
-def children(method, endpoint, status):
-    """The request counter's and latency histogram's children for these labels, bound
-    once per worker (``labels()`` validates and locks on every call)."""
-    key = (method, endpoint, status)
-    found = _children.get(key)
-    if found is None:
-        found = (
-            REQUESTS.labels(method, endpoint, str(status)),
-            REQUEST_LATENCY.labels(method, endpoint),
-        )
-        _children[key] = found
-    return found
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        counted = environ.get("PATH_INFO") not in self.uncounted
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        rid = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        environ[ID] = rid
 
+        def start(status, headers, exc_info=None):
+            elapsed = time.perf_counter() - started
+            headers.append(("X-Request-ID", rid))
+            headers.append(("X-Process-Time", f"{elapsed:.6f}"))
+            headers.extend(environ.get(EXTRA_HEADERS, ()))
+            if counted:
+                self.count(environ, int(status[:3]), elapsed)
+            return start_response(status, headers, exc_info)
 
-def end_request(_exc):
-    if g.pop("in_flight", False):
-        IN_FLIGHT.dec()
+        if not counted:
+            return self.wsgi_app(environ, start)
+        IN_FLIGHT.inc()
+        try:
+            return self.wsgi_app(environ, start)
+        finally:
+            IN_FLIGHT.dec()
+
+    def count(self, environ, status, elapsed):
+        method = environ.get("REQUEST_METHOD", "")
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
+        endpoint = environ.get(ROUTE, UNMATCHED)
+        requests, latency = self.children(method, endpoint, status)
+        requests.inc()
+        latency.observe(elapsed)
+        if status == 429:
+            RATE_LIMITED.labels(endpoint).inc()
+
+    def children(self, method, endpoint, status):
+        """The request counter's and latency histogram's children for these labels, bound
+        once per worker (``labels()`` validates and locks on every call)."""
+        key = (method, endpoint, status)
+        found = self._children.get(key)
+        if found is None:
+            found = (
+                REQUESTS.labels(method, endpoint, str(status)),
+                REQUEST_LATENCY.labels(method, endpoint),
+            )
+            self._children[key] = found
+        return found
 
 
 def init_app(app):
-    # First, so the id and clock exist before the limiter and JWT hooks run.
-    app.before_request_funcs.setdefault(None, []).insert(0, start_request)
-    app.after_request(finish_request)
-    app.teardown_request(end_request)
+    app.after_request(name_route)
+    exporter = [rule.rule for rule in app.url_map.iter_rules(EXPORTER_ENDPOINT)]
+    app.wsgi_app = RequestObserver(app.wsgi_app, uncounted=exporter)

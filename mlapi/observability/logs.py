@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from flask import g, has_request_context, request
+from flask import has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 from mlapi.observability.hooks import route
@@ -15,7 +15,7 @@ class RequestContextFilter(logging.Filter):
 
     def filter(self, record):
         if has_request_context():
-            record.request_id = g.get("request_id")
+            record.request_id = request.environ.get("mlapi.request_id")
             record.method = request.method
             record.route = route()
             record.client = request.remote_addr
