@@ -10,6 +10,7 @@ import math
 import time
 
 from flask import current_app, g, request
+from flask.globals import request_ctx
 from flask_jwt_extended import get_jwt_identity
 from limits import parse
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -77,16 +78,52 @@ def add_ietf_headers(response):
     return response
 
 
+def limiter_ran():
+    """Whether a flask-limiter limit was looked at in this request (it keeps its state on
+    the request context, made on first use: flask-limiter 4.1's private name, pinned)."""
+    return hasattr(request_ctx, "_limiter_request_context")
+
+
+class LimiterHooks:
+    """flask-limiter's response and teardown hooks, run only in requests where one of its
+    limits ran: most requests (every prediction, under the budget) meet none."""
+
+    def __init__(self, app):
+        self.inject = _take(app.after_request_funcs[None], "__inject_headers")
+        self.release = _take(app.teardown_request_funcs[None], "__release_context")
+        app.after_request(self.after_request)
+        app.teardown_request(self.teardown)
+
+    def after_request(self, response):
+        if limiter_ran():
+            response = self.inject(add_ietf_headers(response))
+        elif not g.get("retry_after"):
+            return response
+        return strip_retry_after(response)
+
+    def teardown(self, exc):
+        if limiter_ran():
+            self.release(exc)
+
+
+def _take(hooks, name):
+    """Remove flask-limiter's hook ``name`` (a method, or a partial of one) from a hook
+    list and return it."""
+    for hook in hooks:
+        if getattr(getattr(hook, "func", hook), "__name__", None) == name:
+            hooks.remove(hook)
+            return hook
+    raise RuntimeError(f"flask-limiter 4.1 registered {name}; this version does not")
+
+
 def init_app(app):
     config = app.config
     hops = int(config["TRUSTED_PROXIES"])
     if hops > 0:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    # after_request hooks run last-registered first: this one runs after the limiter's.
-    app.after_request(strip_retry_after)
     limiter.recheck_seconds = config["REDIS_RETRY_SECONDS"]
     limiter.init_app(app)
-    app.after_request(add_ietf_headers)
+    LimiterHooks(app)
     if not (config.get("RATELIMIT_DEFAULT") or config.get("RATELIMIT_APPLICATION")):
         # Every mlapi limit is declared on its view and checked in the view's limiter
         # wrapper. flask-limiter's before-request pass exists for default and application

@@ -34,3 +34,32 @@ def test_psycopg_wait_takes_a_timeout_and_raises_wait_timeout():
     assert "timeout" in inspect.signature(psycopg.Connection.wait).parameters
     assert issubclass(psycopg.errors._WaitTimeout, psycopg.OperationalError)
     assert DeadlineConnection.wait is not psycopg.Connection.wait
+
+
+def test_flask_limiter_keeps_its_request_state_on_the_request_context():
+    """mlapi.limits.limiter_ran() looks for the attribute flask-limiter 4.1 makes on first use."""
+    from flask import Flask
+
+    from mlapi import limits
+
+    app = Flask(__name__)
+    limiter = Limiter(key_func=lambda: "k", storage_uri="memory://")
+    limiter.init_app(app)
+    with app.test_request_context("/"):
+        assert not limits.limiter_ran()
+        limiter.context  # noqa: B018 (made on first use)
+        assert limits.limiter_ran()
+
+
+def test_flask_limiter_registers_the_hooks_mlapi_runs_only_when_it_ran():
+    from flask import Flask
+
+    from mlapi.limits import LimiterHooks
+
+    app = Flask(__name__)
+    Limiter(key_func=lambda: "k", storage_uri="memory://").init_app(app)
+    hooks = LimiterHooks(app)
+    assert hooks.inject.func.__qualname__ == "Limiter.__inject_headers"
+    assert hooks.release.__qualname__ == "Limiter.__release_context"
+    assert app.after_request_funcs[None] == [hooks.after_request]
+    assert app.teardown_request_funcs[None] == [hooks.teardown]
