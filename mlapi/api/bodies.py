@@ -7,10 +7,12 @@ and passed to the view, and the OpenAPI document (``describe``) shows the same s
 from functools import wraps
 
 from flask import current_app, request
-from pydantic import RootModel, ValidationError
+from pydantic import RootModel, TypeAdapter, ValidationError
 
-from mlapi.api.schemas import Features, Instances, PredictBody
+from mlapi.api.schemas import FeatureRow, Features, Instances, PredictBody
 from mlapi.errors import ValidationProblem, error_item, from_pydantic, invalid
+
+FEATURE_ROW = TypeAdapter(FeatureRow)
 
 
 def body(schema):
@@ -34,6 +36,10 @@ def body(schema):
 def read(schema):
     if schema is PredictBody:
         return parse_rows()
+    if schema is Features:
+        row = bare_row()
+        if row is not None:
+            return row
     value = parse(schema)
     return value.root if isinstance(value, RootModel) else value
 
@@ -66,6 +72,9 @@ def parse_rows():
     obey the rules of a single body and have equal lengths. Any other body is
     validated as a bare array, so its error names what a single body must be.
     """
+    row = bare_row()
+    if row is not None:
+        return [row], False
     data = request.get_json()
     if not (isinstance(data, dict) and "instances" in data):
         return [parse(Features).root], False
@@ -79,6 +88,26 @@ def parse_rows():
     rows = parse(Instances).instances
     check_rows(rows)
     return rows, True
+
+
+def bare_row():
+    """The common body, a bare array of finite numbers, validated in one pass over its
+    bytes by pydantic-core; None for any other body, or one it refuses.
+
+    It accepts only what the general path accepts (the same ``FiniteNumber`` rules,
+    applied to the same JSON): whatever it does not accept takes the general path,
+    which parses the body again and explains the error in the usual words.
+    """
+    if not request.is_json:
+        return None
+    data = request.get_data()
+    if data[:1] != b"[":
+        return None
+    try:
+        row = FEATURE_ROW.validate_json(data)
+    except ValidationError:
+        return None
+    return row if len(row) <= current_app.config["MAX_FEATURES"] else None
 
 
 def check_rows(rows):

@@ -14,7 +14,13 @@ import uuid
 from flask import current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from mlapi.observability.metrics import IN_FLIGHT, RATE_LIMITED, REQUEST_LATENCY, REQUESTS
+from mlapi.observability.metrics import (
+    IN_FLIGHT,
+    RATE_LIMITED,
+    REQUEST_LATENCY,
+    REQUESTS,
+    bound_children,
+)
 
 UNMATCHED = "<unmatched>"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -71,7 +77,9 @@ class RequestObserver:
         self.wsgi_app = wsgi_app
         # The exporter's own paths: a scrape is neither counted nor in flight.
         self.uncounted = frozenset(uncounted)
-        self._children = {}
+        self._requests = bound_children(REQUESTS)
+        self._latency = bound_children(REQUEST_LATENCY)
+        self._rate_limited = bound_children(RATE_LIMITED)
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -102,24 +110,10 @@ class RequestObserver:
         if method not in KNOWN_METHODS:
             method = "OTHER"
         endpoint = environ.get(ROUTE, UNMATCHED)
-        requests, latency = self.children(method, endpoint, status)
-        requests.inc()
-        latency.observe(elapsed)
+        self._requests(method, endpoint, str(status)).inc()
+        self._latency(method, endpoint).observe(elapsed)
         if status == 429:
-            RATE_LIMITED.labels(endpoint).inc()
-
-    def children(self, method, endpoint, status):
-        """The request counter's and latency histogram's children for these labels, bound
-        once per worker (``labels()`` validates and locks on every call)."""
-        key = (method, endpoint, status)
-        found = self._children.get(key)
-        if found is None:
-            found = (
-                REQUESTS.labels(method, endpoint, str(status)),
-                REQUEST_LATENCY.labels(method, endpoint),
-            )
-            self._children[key] = found
-        return found
+            self._rate_limited(endpoint).inc()
 
 
 def init_app(app):

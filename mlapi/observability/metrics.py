@@ -88,19 +88,39 @@ def count_cache(outcome):
     {"hit": CACHE_HITS, "miss": CACHE_MISSES, "error": CACHE_ERRORS}[outcome].inc()
 
 
+def bound_children(metric):
+    """``metric.labels(*values)``, bound once per worker and label values (``labels()``
+    validates and takes a lock on every call)."""
+    children = {}
+
+    def child(*values):
+        found = children.get(values)
+        if found is None:
+            found = children[values] = metric.labels(*values)
+        return found
+
+    return child
+
+
+_predictions = bound_children(PREDICTIONS)
+_model_requests = bound_children(MODEL_REQUESTS)
+_model_latency = bound_children(MODEL_LATENCY)
+_model_batch = bound_children(MODEL_BATCH)
+
+
 def count_prediction(model, username, version="unversioned", rows=1):
     """Count ``rows`` predictions of ``model`` served through API ``version``."""
     user = username if current_app.config["METRICS_PER_USER"] else ""
-    PREDICTIONS.labels(version, model.name, user).inc(rows)
+    _predictions(version, model.name, user).inc(rows)
 
 
 def observe_model(model, seconds, rows=1, ok=True):
     """One call of a model: its latency and batch size if it succeeded, its outcome always."""
-    labels = (model.name, model.version)
-    MODEL_REQUESTS.labels(*labels, "success" if ok else "failure").inc()
+    name, version = model.name, model.version
+    _model_requests(name, version, "success" if ok else "failure").inc()
     if ok:
-        MODEL_LATENCY.labels(*labels).observe(seconds)
-        MODEL_BATCH.labels(*labels).observe(rows)
+        _model_latency(name, version).observe(seconds)
+        _model_batch(name, version).observe(rows)
 
 
 def model_statistics(name, version):

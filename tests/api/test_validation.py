@@ -123,3 +123,66 @@ def test_chunked_body_over_the_limit_is_413_not_truncated(client, auth, padding)
         assert_problem(response, 413)
     else:
         assert response.get_json()["prediction"] == 1.5
+
+
+# Bodies at the edges of the rules; the fast path (bodies.bare_row) may accept only what the
+# general path accepts, with the same values.
+EDGE_BODIES = [
+    b"[1.0,2.0,3.0,4.0]",
+    b"[1,2,3]",
+    b"[-0.0, 1e308, -1e-308, 5e-324]",
+    b"[1e400]",
+    b"[-1e400]",
+    b"[NaN]",
+    b"[Infinity, 1]",
+    b"[-Infinity]",
+    b"[true, 1.0]",
+    b"[false]",
+    b"[null]",
+    b'["1.5"]',
+    b"[]",
+    b"[[1.0]]",
+    b"[1.0,]",
+    b"[1.0 2.0]",
+    b"[1.0] trailing",
+    b"[1.0][2.0]",
+    b'[1.0, {"a": 1}]',
+    b"[" + b"9" * 400 + b"]",
+    b"[0x10]",
+    b"[01]",
+    b"[1.]",
+    b"[.5]",
+    b"[+1]",
+    b"[1e5, 2E-3, 3.25e+2]",
+    b"[ 1.0 ,\n\t2.0 ]",
+    b"\xef\xbb\xbf[1.0]",
+    b"[1.0]\n",
+    b"[" * 5000 + b"]" * 5000,
+    "[1.0, 2.0]".encode("utf-16"),
+    b"[\xff]",
+    b"[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]",
+]
+
+
+@pytest.mark.parametrize("raw", EDGE_BODIES, ids=range(len(EDGE_BODIES)))
+def test_the_fast_body_path_accepts_only_what_the_general_path_accepts(make_app, raw):
+    from werkzeug.exceptions import HTTPException
+
+    from mlapi.api import bodies
+    from mlapi.api.schemas import Features
+    from mlapi.errors import ValidationProblem
+
+    app = make_app(MAX_FEATURES=10)
+    context = dict(method="POST", data=raw, content_type="application/json")
+    with app.test_request_context("/predict", **context):
+        fast = bodies.bare_row()
+    with app.test_request_context("/predict", **context):
+        try:
+            general = bodies.parse(Features).root
+        except (HTTPException, ValidationProblem):
+            general = None
+    if fast is not None:
+        assert general is not None and fast == general
+        assert [type(x) for x in fast] == [type(x) for x in general]
+    if raw == b"[1.0,2.0,3.0,4.0]":
+        assert fast == [1.0, 2.0, 3.0, 4.0]  # the common body takes the fast path
