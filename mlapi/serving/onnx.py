@@ -40,7 +40,7 @@ class OnnxModel:
     def renamed(self, names):
         """This model with its inputs served as ``names`` (in order); the graph's own
         names stay accepted as aliases."""
-        own = self._names()
+        own = self._input_names()
         if tuple(names) == own:
             return self
         inputs = tuple(
@@ -67,7 +67,9 @@ class OnnxModel:
                 raise TensorError(
                     f"Input {spec.name!r} is missing; the model takes {_names(self.inputs)}."
                 )
-        for spec, graph_name in zip(self.inputs, self.graph_names or self._names(), strict=True):
+        for spec, graph_name in zip(
+            self.inputs, self.graph_names or self._input_names(), strict=True
+        ):
             feeds[graph_name] = _feed(spec, inputs[spec.name])
         try:
             values = self.session.run(None, feeds)
@@ -78,7 +80,7 @@ class OnnxModel:
             ) from None
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
-    def _names(self):
+    def _input_names(self):
         return tuple(spec.name for spec in self.inputs)
 
     def _by_served_name(self, inputs):
@@ -86,7 +88,7 @@ class OnnxModel:
         served under another, is read as that input."""
         if not self.graph_names:
             return inputs
-        served = set(self._names())
+        served = set(self._input_names())
         alias = {own: spec.name for own, spec in zip(self.graph_names, self.inputs, strict=True)}
         named = {}
         for name, array in inputs.items():
