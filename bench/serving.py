@@ -8,7 +8,9 @@ memory figure in a fresh process so imports do not overlap:
 
 - CPU time of one single-row call: a 100-tree random forest through
   ``mlapi.serving.onnx`` against a numpy linear model (the built-in kind);
-- rows/s of 1,000-row batches against single rows;
+- rows/s of 1,000-row batches against single rows, in the runtime alone and through
+  ``/v2/models/{m}/infer`` of a real gunicorn worker driven by tritonclient (binary
+  tensors, its default, and JSON): the issue's goals are about infer calls;
 - RSS/USS/PSS of two workers holding the same ~50 MB ONNX model, with its weights
   embedded and in an external data file (memory-mapped, shared);
 - import and load memory, and single-row CPU, of LightGBM text and XGBoost JSON
@@ -62,6 +64,10 @@ def train(folder):
     forest = RandomForestRegressor(n_estimators=100, max_depth=10, random_state=0, n_jobs=1)
     paths["forest"] = os.path.join(folder, "forest.onnx")
     onnx.save_model(to_onnx(forest.fit(x, y), x[:1], target_opset=17), paths["forest"])
+    # scikit-learn's defaults: trees grown until their leaves are pure (depth ~20 here).
+    deep = RandomForestRegressor(n_estimators=100, random_state=0, n_jobs=1)
+    paths["forest_deep"] = os.path.join(folder, "forest_deep.onnx")
+    onnx.save_model(to_onnx(deep.fit(x, y), x[:1], target_opset=17), paths["forest_deep"])
 
     booster = lightgbm.LGBMRegressor(n_estimators=300, num_leaves=63, verbose=-1).fit(x, y)
     paths["lightgbm_text"] = os.path.join(folder, "lightgbm.txt")
@@ -136,6 +142,110 @@ def cpu_case(paths):
     }
 
 
+HTTP_CALLS = {1: 600, 1000: 30}  # sequential infer calls per (rows per call)
+
+
+def http_case(paths):
+    """Single rows against 1,000-row batches through a gunicorn worker's infer route.
+
+    One worker (the bench's embedded configuration: SQLite, no Redis), one intra-op
+    thread, driven by tritonclient from this process, one call at a time. Reported per
+    model and encoding: wall-clock rows/s of the client and the worker's CPU per call
+    (psutil), the batch's gain over single rows by each, and a single row's worker CPU
+    above the built-in ``average`` model's through the same route.
+    """
+    import secrets
+    import shutil
+    from pathlib import Path
+
+    import tritonclient.http as httpclient
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench
+
+    rng = np.random.default_rng(3)
+    batch = rng.normal(size=(1000, N_FEATURES)).astype(np.float32)
+    work = Path(tempfile.mkdtemp(prefix="mlapi-serving-"))
+    for name in ("forest", "forest_deep"):
+        os.makedirs(work / "models" / name / "1")
+        shutil.copy(paths[name], work / "models" / name / "1" / "model.onnx")
+    env = bench.server_env(work, {})
+    env["MLAPI_ONNX_THREADS"] = "1"
+    password = secrets.token_urlsafe(18)
+    flask = [str(bench.BIN / "flask"), "--app", "wsgi"]
+    create = [*flask, "users", "create", "bench", "--password", password]
+    subprocess.run(create, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    server = bench.Server("mlapi", "serving", env, 1, work)
+    try:
+        server.wait_ready()
+        token = {"Authorization": f"Bearer {server.token('bench', password)}"}
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+
+        # model -> (input, its datatype, output); `average` is the built-in mean of a row
+        tensors = {"average": ("features", "FP64", np.float64, "prediction")}
+
+        def infer(model, rows, as_binary):
+            name, datatype, dtype, output = tensors.get(
+                model, ("X", "FP32", np.float32, "variable")
+            )
+            features = httpclient.InferInput(name, list(rows.shape), datatype)
+            features.set_data_from_numpy(rows.astype(dtype), binary_data=as_binary)
+            wanted = httpclient.InferRequestedOutput(output, binary_data=as_binary)
+            # tritonclient writes its own headers into the dict it is given: a fresh one.
+            result = client.infer(model, [features], outputs=[wanted], headers=dict(token))
+            return result.as_numpy(output)
+
+        def measure(model, rows, as_binary):
+            calls = HTTP_CALLS[len(rows)] // (1 if as_binary else 2)
+            for _ in range(10):
+                infer(model, rows, as_binary)
+            sampler = bench.WorkerSampler(server)
+            started = time.perf_counter()
+            for _ in range(calls):
+                infer(model, rows, as_binary)
+            wall = time.perf_counter() - started
+            cpu = sum(sampler.finish().values())
+            return {
+                "calls": calls,
+                "rows_per_second": round(calls * len(rows) / wall),
+                "worker_cpu_ms_per_call": round(cpu / calls * 1e3, 3),
+                "rows_per_worker_cpu_second": round(calls * len(rows) / cpu),
+            }
+
+        expected = load_onnx_values(paths["forest"], batch)
+        np.testing.assert_allclose(infer("forest", batch, True).ravel(), expected, rtol=1e-6)
+        builtin = measure("average", batch[:1], True)
+        results = {"average_binary_single_row": builtin}
+        for model in ("forest", "forest_deep"):
+            for encoding, as_binary in (("binary", True), ("json", False)):
+                single = measure(model, batch[:1], as_binary)
+                many = measure(model, batch, as_binary)
+                results[f"{model}_{encoding}"] = {
+                    "single_row": single,
+                    "single_row_cpu_ms_over_builtin": round(
+                        single["worker_cpu_ms_per_call"] - builtin["worker_cpu_ms_per_call"], 3
+                    ),
+                    "batch_1000_rows": many,
+                    "batch_gain_wall": round(
+                        many["rows_per_second"] / single["rows_per_second"], 1
+                    ),
+                    "batch_gain_cpu": round(
+                        many["rows_per_worker_cpu_second"] / single["rows_per_worker_cpu_second"], 1
+                    ),
+                }
+        return results
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def load_onnx_values(path, batch):
+    """The forest's predictions for ``batch`` computed in this process, to check the server."""
+    from mlapi.serving.onnx import load_onnx
+
+    return load_onnx(path).predict({"X": batch})["variable"].ravel()
+
+
 MEMORY_PROBE = r"""
 import json, sys, time
 import numpy as np, psutil
@@ -202,14 +312,22 @@ def probe(kind, path, twins=1):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(ROOT, "bench/results/serving.json"))
+    parser.add_argument(
+        "--only", choices=["cpu", "http"], help="run one case (no memory probes); print only"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         paths = train(folder)
+        if args.only:
+            case = {"cpu": cpu_case, "http": http_case}[args.only]
+            print(json.dumps(case(paths), indent=2))
+            return
         sizes = {name: os.path.getsize(path) for name, path in paths.items()}
         sizes["dense_external_data"] = os.path.getsize(paths["dense_external"] + ".data")
         results = {
             "file_bytes": sizes,
             "cpu": cpu_case(paths),
+            "http": http_case(paths),
             "memory_mib": {
                 "dense_50mb_embedded_two_workers": probe("onnx", paths["dense_embedded"], 2),
                 "dense_50mb_external_two_workers": probe("onnx", paths["dense_external"], 2),

@@ -16,6 +16,7 @@ from mlapi.serving.errors import ModelLoadError, PredictionError
 from mlapi.serving.loader import LoadSettings, build
 from mlapi.serving.loading import PICKLE_SUFFIXES, load_file
 from mlapi.serving.onnx import load_onnx
+from mlapi.serving.reload import ControlUnavailable
 from mlapi.serving.repository import REFUSED
 
 
@@ -293,7 +294,7 @@ def load_model(name):
     """Load model NAME from MLAPI_MODEL_DIR again; running workers follow at their next poll."""
     if not current_app.config.get("MODEL_DIR"):
         _fail("MLAPI_MODEL_DIR is not set: there is no repository to load from.")
-    snapshot = reloader().load(name)
+    snapshot = _change_repository(reloader().load, name)
     versions = snapshot.models.get(name, {})
     failures = {k: v for k, v in snapshot.failures.items() if k.split("/")[0] == name}
     for version in sorted(versions):
@@ -314,8 +315,15 @@ def unload_model(name):
     """Stop serving model NAME on every worker until ``flask models load NAME``."""
     if name not in (registry().snapshot.scan.models if registry().snapshot.scan else {}):
         _fail(f"No model folder {name!r} in the repository.")
-    reloader().unload(name)
+    _change_repository(reloader().unload, name)
     click.echo(f"Unloaded {name!r}; running workers follow at their next poll.")
+
+
+def _change_repository(action, name):
+    try:
+        return action(name)
+    except ControlUnavailable as exc:
+        _fail(f"Not changed: {exc}. Retry when it is back.")
 
 
 def init_app(app):

@@ -19,7 +19,7 @@ from mlapi.observability.metrics import count_cache, count_prediction, observe_m
 from mlapi.serving.cache import PredictionCache
 from mlapi.serving.loader import LoadSettings
 from mlapi.serving.registry import ModelRegistry
-from mlapi.serving.reload import Reloader
+from mlapi.serving.reload import ControlUnavailable, FileControl, RedisControl, Reloader
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,16 @@ def predict_rows(name, rows, version):
 def init_app(app):
     models = ModelRegistry(observe=observe_model)
     models_reloader = Reloader(
-        models,
-        app.config.get("MODEL_DIR"),
-        load_settings(app.config),
-        os.path.join(app.instance_path, "model-control.json"),
+        models, app.config.get("MODEL_DIR"), load_settings(app.config), model_control(app)
     )
-    snapshot = models_reloader.reload()
+    try:
+        snapshot = models_reloader.reload()
+    except ControlUnavailable as exc:
+        log.warning(
+            "model control state unavailable (%s): serving the whole repository until it is back",
+            exc,
+        )
+        snapshot = models_reloader.reload(use_control=False)
     for key, reason in snapshot.failures.items():
         log.warning("model %s is not served: %s", key, reason)
     app.extensions["mlapi.models"] = models
@@ -121,6 +125,15 @@ def init_app(app):
     cache.init_app(app)
     store = GuardedStore(app.extensions.get("mlapi.redis_breaker"))
     app.extensions["mlapi.prediction_cache"] = PredictionCache(models, store, count_cache)
+
+
+def model_control(app):
+    """Where load and unload requests are kept: Redis when configured (every host sees
+    them), else a file in the instance folder (every worker of this host)."""
+    client = app.extensions.get("mlapi.redis")
+    if client is not None:
+        return RedisControl(client, app.config["REDIS_KEY_PREFIX"] + "models:control")
+    return FileControl(os.path.join(app.instance_path, "model-control.json"))
 
 
 def load_settings(config):

@@ -16,6 +16,11 @@ stamp="$VENV/.installed-$(basename "$want")"
 digest=$(cat requirements*.txt | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$want"
+    if [ "$want" = requirements-dev.txt ]; then
+        # Without dependencies: kserve's own would downgrade psutil (requirements-kserve.txt).
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+            -r requirements-kserve.txt
+    fi
     echo "$digest" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -42,6 +42,7 @@ from mlapi.observability.metrics import count_prediction, model_statistics
 from mlapi.predictions import registry, reloader
 from mlapi.serving import binary
 from mlapi.serving.errors import ModelNotFound
+from mlapi.serving.reload import ControlUnavailable
 
 bp = Blueprint("inference", __name__, url_prefix="/v2")
 
@@ -193,7 +194,7 @@ def model_stats(name, version=None):
 def repository_index():
     """Rescan the model repository on every worker; each model version's state and reason."""
     # The extension's index is a bare JSON list, as tritonclient reads it.
-    return index_of(reloader().index())
+    return index_of(repository_change(reloader().index))
 
 
 @bp.post("/repository/models/<name>/load")
@@ -202,7 +203,7 @@ def repository_index():
 @documented(RepositoryIndex, {**PROTOCOL_ERRORS, **ADMIN_ERRORS}, authenticated=True)
 def repository_load(name):
     """Serve model ``name`` from the repository (again) on every worker."""
-    snapshot = reloader().load(name)
+    snapshot = repository_change(reloader().load, name)
     entries = [entry for entry in index_of(snapshot) if entry["name"] == name]
     if not entries:
         raise ProtocolError(f"The repository has no model {name!r}.", 404)
@@ -226,7 +227,7 @@ def repository_unload(name):
         raise ProtocolError(
             f"Model {name!r} is not a repository folder; only those can be unloaded."
         )
-    snapshot = reloader().unload(name)
+    snapshot = repository_change(reloader().unload, name)
     return {"models": [entry for entry in index_of(snapshot) if entry["name"] == name]}
 
 
@@ -253,6 +254,19 @@ def find_model(name, version=None):
         raise ProtocolError(f"Model {name!r} is not loaded.", 404) from None
     loaded = ", ".join(versions)
     raise ProtocolError(f"Model {name!r} has no version {version!r} (loaded: {loaded}).", 404)
+
+
+def repository_change(action, *args):
+    """Run a repository action; a 503 with Retry-After when the shared control state
+    (Redis) is down: applying it on this host alone would leave the hosts disagreeing."""
+    try:
+        return action(*args)
+    except ControlUnavailable:
+        g.retry_after = max(1, math.ceil(current_app.config["REDIS_RETRY_SECONDS"]))
+        raise ProtocolError(
+            "The model repository cannot be changed now: Redis is unavailable. Retry shortly.",
+            503,
+        ) from None
 
 
 def parse_request():

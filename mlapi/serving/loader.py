@@ -119,7 +119,7 @@ def load_version(name, plan, config, settings):
     """Load one version of a repository model, served as ``name``:``plan.version``."""
     if plan.platform == "onnx":
         runtime = load_onnx(plan.path, settings.onnx_threads)
-        _check_declared_inputs(plan.path, runtime, config)
+        runtime = runtime.renamed(served_input_names(plan.path, runtime.inputs, config))
         return GraphModel(
             name,
             plan.version,
@@ -130,29 +130,50 @@ def load_version(name, plan, config, settings):
         )
     # The folders name a repository model; the file's own name and version are ignored.
     model = load_file(plan.path, settings.max_features)
+    (served,) = served_input_names(plan.path, model.inputs, config)
     return replace(
         model,
         name=name,
         version=plan.version,
         description=config.description or model.description,
         max_batch_size=config.max_batch_size,
+        input_tensor=replace(model.input_tensor, name=served),
+        input_alias=model.input_tensor.name if served != model.input_tensor.name else None,
     )
 
 
-def _check_declared_inputs(path, runtime, config):
-    """config.json's ``inputs``, when given, must agree with the graph's own."""
-    for declared in config.inputs or ():
-        spec = next((spec for spec in runtime.inputs if spec.name == declared.name), None)
-        if spec is None:
-            names = ", ".join(spec.name for spec in runtime.inputs)
+def served_input_names(path, specs, config):
+    """The names to serve the file's inputs (``specs``) under, in order, from config.json.
+
+    Declarations that use the file's own names only check them (any subset, any order).
+    Otherwise config.json names every input, in the file's order: each is served under
+    its declared name, and the file's own name stays an alias. ModelLoadError where the
+    declarations and the file disagree.
+    """
+    declared = config.inputs or ()
+    own = [spec.name for spec in specs]
+    if all(declaration.name in own for declaration in declared):
+        pairs = [(d, specs[own.index(d.name)]) for d in declared]
+        names = own
+    elif len(declared) == len(specs):
+        pairs = list(zip(declared, specs, strict=True))
+        names = [declaration.name for declaration in declared]
+    else:
+        raise ModelLoadError(
+            f"{path}: config.json declares inputs {_listed(d.name for d in declared)}; the "
+            f"file's are {_listed(own)}. To rename them, declare all {len(own)}, in that order."
+        )
+    for declaration, spec in pairs:
+        if declaration.datatype is not None and declaration.datatype != spec.datatype:
             raise ModelLoadError(
-                f"{path}: config.json declares input {declared.name!r}; the graph's are {names}"
+                f"{path}: config.json declares input {declaration.name!r} as "
+                f"{declaration.datatype}; the file's {spec.name!r} is {spec.datatype}"
             )
-        if declared.datatype is not None and declared.datatype != spec.datatype:
-            raise ModelLoadError(
-                f"{path}: config.json declares input {declared.name!r} as {declared.datatype}; "
-                f"the graph takes {spec.datatype}"
-            )
+    return tuple(names)
+
+
+def _listed(names):
+    return ", ".join(repr(name) for name in names)
 
 
 def _flat_files(paths, settings, taken, failures, unloaded):

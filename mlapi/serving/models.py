@@ -55,6 +55,8 @@ class Model:
     source: str = "built-in"
     # Rows per request, from the model's config.json (None: only MLAPI_MAX_BATCH applies).
     max_batch_size: int | None = None
+    # The file's own input name, accepted too where config.json names the input otherwise.
+    input_alias: str | None = None
     platform = "numpy"
 
     @property
@@ -72,6 +74,8 @@ class Model:
         datatype, read as float64.
         """
         expected = self.input_tensor.name
+        if self.input_alias is not None and list(inputs) == [self.input_alias]:
+            inputs = {expected: inputs[self.input_alias]}
         if list(inputs) != [expected]:
             raise TensorError(
                 f"Model {self.name!r} takes one input, {expected!r}; got {list(inputs)}."

@@ -13,7 +13,7 @@ sequentially, and does not spin waiting for work.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,6 +33,20 @@ class OnnxModel:
     outputs: tuple[TensorSpec, ...]
     session: object
     platform: str = PLATFORM
+    # The graph's own input names, in order, where the inputs are served under others
+    # (config.json's declared names); empty when they are served as the graph names them.
+    graph_names: tuple[str, ...] = ()
+
+    def renamed(self, names):
+        """This model with its inputs served as ``names`` (in order); the graph's own
+        names stay accepted as aliases."""
+        own = self._input_names()
+        if tuple(names) == own:
+            return self
+        inputs = tuple(
+            replace(spec, name=name) for spec, name in zip(self.inputs, names, strict=True)
+        )
+        return replace(self, inputs=inputs, graph_names=own)
 
     def predict(self, inputs):
         """Run the graph on ``inputs`` (input name -> array); every output, by name.
@@ -40,6 +54,7 @@ class OnnxModel:
         The arrays must have the declared datatype and rank, and the declared size on
         every fixed dimension; anything else is a :class:`TensorError`.
         """
+        inputs = self._by_served_name(inputs)
         feeds = {}
         declared = {spec.name: spec for spec in self.inputs}
         unknown = [name for name in inputs if name not in declared]
@@ -52,7 +67,10 @@ class OnnxModel:
                 raise TensorError(
                     f"Input {spec.name!r} is missing; the model takes {_names(self.inputs)}."
                 )
-            feeds[spec.name] = _feed(spec, inputs[spec.name])
+        for spec, graph_name in zip(
+            self.inputs, self.graph_names or self._input_names(), strict=True
+        ):
+            feeds[graph_name] = _feed(spec, inputs[spec.name])
         try:
             values = self.session.run(None, feeds)
         except Exception as exc:  # onnxruntime's errors share no base class but Exception
@@ -61,6 +79,24 @@ class OnnxModel:
                 log_detail=str(exc),
             ) from None
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
+
+    def _input_names(self):
+        return tuple(spec.name for spec in self.inputs)
+
+    def _by_served_name(self, inputs):
+        """``inputs`` keyed by the served names: a graph's own name, where the input is
+        served under another, is read as that input."""
+        if not self.graph_names:
+            return inputs
+        served = set(self._input_names())
+        alias = {own: spec.name for own, spec in zip(self.graph_names, self.inputs, strict=True)}
+        named = {}
+        for name, array in inputs.items():
+            target = name if name in served else alias.get(name, name)
+            if target in named:
+                raise TensorError(f"Input {target!r} is sent twice (once as {name!r}).")
+            named[target] = array
+        return named
 
 
 def _names(specs):

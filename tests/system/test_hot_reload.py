@@ -136,3 +136,53 @@ def test_unload_through_one_worker_reaches_every_worker(server):
         timeout=10,
         what="every worker to load forest again",
     )
+
+
+def test_unload_on_one_host_reaches_another_sharing_redis(servers, redis_url, tmp_path):
+    """Two instances as on two hosts: own instance folders, databases and repositories,
+    one Redis. An admin's unload and load on the first reach the second's workers within
+    a poll interval (they read the control state from Redis, not from a shared folder)."""
+    prefix = f"mlapi-test-{uuid.uuid4().hex[:8]}:"
+    hosts = []
+    for host in ("a", "b"):
+        repository = tmp_path / f"repository-{host}"
+        write_version(repository, "forest", 1)
+        env = {
+            "MLAPI_REDIS_URL": redis_url,
+            "MLAPI_REDIS_KEY_PREFIX": prefix,
+            "MLAPI_INSTANCE_PATH": str(tmp_path / f"instance-{host}"),
+            "MLAPI_MODEL_DIR": str(repository),
+            "MLAPI_MODEL_POLL_SECONDS": "0.3",
+            "WEB_CONCURRENCY": "2",
+        }
+        server = servers(env=env, name=f"host-{host}", create=False)
+        assert (
+            server.flask("users", "create", "root", "--admin", "--password", PASSWORD).returncode
+            == 0
+        )
+        hosts.append(server.start())
+    a, b = hosts
+    assert (tmp_path / "instance-a").is_dir() and (tmp_path / "instance-b").is_dir()
+    admin = a.token("root", PASSWORD)
+
+    def readiness(server):
+        """The forest's readiness as answered by 20 requests, each on a new connection."""
+        return {
+            requests.get(server.url("/v2/models/forest/ready"), timeout=5).status_code
+            for _ in range(20)
+        }
+
+    assert readiness(b) == {200}
+    response = requests.post(
+        a.url("/v2/repository/models/forest/unload"), headers=admin, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    wait_until(lambda: readiness(b) == {503}, timeout=10, what="host b's workers to unload")
+    assert readiness(a) == {503}
+    assert not (tmp_path / "instance-b" / "model-control.json").exists()
+
+    response = requests.post(a.url("/v2/repository/models/forest/load"), headers=admin, timeout=10)
+    assert response.status_code == 200, response.text
+    wait_until(lambda: readiness(b) == {200}, timeout=10, what="host b's workers to load again")
+    unloaded = [line for line in b.log_lines() if line.get("message") == "model forest:1 unloaded"]
+    assert len(unloaded) == 2, unloaded  # each of b's workers applied it once

@@ -81,6 +81,37 @@ def test_json_floats_are_read_as_their_datatype():
     np.testing.assert_array_equal(decoded, array)
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ([[1, 2.5], [3, 4]], [[1.0, 2.5], [3.0, 4.0]]),
+        ([[[1], [2]], [[3], [4]]], [[1.0, 2.0], [3.0, 4.0]]),
+        ([1, [2, [3]], 4], [[1.0, 2.0], [3.0, 4.0]]),  # mixed nesting: row-major all the same
+        ([1.0, 2.0, 3.0, 4.0], [[1.0, 2.0], [3.0, 4.0]]),
+    ],
+)
+def test_json_data_nested_or_flat_reads_row_major(data, expected):
+    decoded = binary.from_json(data, "FP64", (2, 2))
+    assert decoded.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "message"),
+    [
+        ([[1.0, True], [3.0, 4.0]], "FP32", "JSON numbers"),
+        ([[1.0, 2.0], [3.0, "4"]], "FP64", "JSON numbers"),
+        ([[1, 2], [3, None]], "INT64", "JSON integers"),
+        ([[1, 2], [3, 4.0]], "INT32", "JSON integers"),
+        ([[True, False], [1, 0]], "BOOL", "true or false"),
+        ([["a", "b"], ["c", 4]], "BYTES", "JSON strings"),
+        ([[1.0, 2.0], [3.0, {}]], "FP64", "JSON numbers"),
+    ],
+)
+def test_one_bad_element_deep_in_a_batch_is_refused(data, datatype, message):
+    with pytest.raises(TensorError, match=message):
+        binary.from_json(data, datatype, (2, 2))
+
+
 def test_mixed_binary_and_json_inputs_keep_their_order_and_the_request_fields():
     outputs = [httpclient.InferRequestedOutput("y", binary_data=False)]
     body, header_length = triton_body(
