@@ -24,6 +24,7 @@ import sys
 import time
 from datetime import timedelta
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from limits import parse_many
@@ -76,6 +77,23 @@ def _redis_url(value):
     return value
 
 
+def _origins(value):
+    """CORS origins as a list, from a list or a comma-separated string, each checked."""
+    if isinstance(value, str):
+        value = value.split(",")
+    origins = [origin.strip().rstrip("/") for origin in value if origin.strip()]
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (
+            parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+        ):
+            raise ValueError(
+                f"{origin!r} is not an origin; write scheme://host[:port], "
+                "e.g. https://app.example.com"
+            )
+    return origins
+
+
 def _hash_method(value):
     if not HASH_METHOD.match(value):
         raise ValueError("not a werkzeug hash method like 'scrypt:32768:8:1' or 'pbkdf2:sha256'")
@@ -124,9 +142,9 @@ class Config:
     PASSWORD_MIN_LENGTH: Annotated[int, Field(ge=8, le=64)] = 8
 
     # Browsers: origins allowed to call the API cross-origin (CORS), e.g.
-    # MLAPI_CORS_ORIGINS='["https://app.example.com"]' (or comma-separated; mlapi/cors.py
-    # checks each origin). Empty: no CORS headers at all.
-    CORS_ORIGINS: list[str] | str = []
+    # MLAPI_CORS_ORIGINS='["https://app.example.com"]' or comma-separated; each must be
+    # scheme://host[:port] (or "*"). Empty: no CORS headers at all.
+    CORS_ORIGINS: Annotated[list[str] | str, AfterValidator(_origins)] = []
 
     # Request limits.
     MAX_CONTENT_LENGTH: Positive = 1024 * 1024
@@ -221,7 +239,8 @@ KNOWN_NAMES = frozenset(
 
 
 def _first_error(exc):
-    return exc.errors()[0]["msg"]
+    # A validator's own ValueError reads as its message, without pydantic's "Value error, ".
+    return exc.errors()[0]["msg"].removeprefix("Value error, ")
 
 
 def check_value(key, value, from_string=False, shown=True):

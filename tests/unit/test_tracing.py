@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from config import ConfigurationError
 from mlapi.observability.tracing import exporters
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,16 +46,40 @@ def test_the_environment_names_the_exporters(environ, expected):
     [
         ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
         ({"OTEL_TRACES_EXPORTER": "otlp,none"}, "OTEL_TRACES_EXPORTER"),
-        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "_PROTOCOL"),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
         (
             {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"},
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         ),
+        ({"OTEL_TRACES_SAMPLER": "probabilistic"}, "OTEL_TRACES_SAMPLER"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "abc"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "-0.1"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "nan"}, "OTEL_TRACES_SAMPLER_ARG"),
     ],
 )
 def test_a_value_mlapi_cannot_honour_is_refused_naming_the_variable(environ, variable):
-    with pytest.raises(ValueError, match=variable):
+    """Refused as a bad MLAPI_* setting is (tests/system/test_settings.py starts gunicorn
+    and the CLI with these): ConfigurationError naming the variable and a fix."""
+    with pytest.raises(ConfigurationError, match=variable) as error:
         exporters(environ)
+    assert error.value.setting == variable
+    assert variable in error.value.fix
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"OTEL_TRACES_SAMPLER": "ParentBased_TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.25"},
+        {"OTEL_TRACES_SAMPLER": "always_off"},
+        {"OTEL_TRACES_SAMPLER_ARG": "1"},
+        {"OTEL_TRACES_SAMPLER": "bogus", "OTEL_SDK_DISABLED": "true"},
+    ],
+)
+def test_sampler_values_the_sdk_honours_are_accepted(environ):
+    assert exporters(environ) == ()
 
 
 # Builds an app, serves a few requests through the whole stack, and prints which
