@@ -1196,8 +1196,10 @@ K8S_EXTRAS = DEPLOY / "k8s-extras"
 # The oldest Kubernetes the manifests support (native sidecars are on by default from 1.29)
 # and the newest whose schemas the pinned kubernetes-validate ships.
 K8S_VERSIONS = ["1.29.0", "latest"]
-# Custom resources: no schema in kubernetes-validate; checked field by field below.
-CUSTOM_KINDS = {"PodMonitor"}
+# Custom resources: no schema in kubernetes-validate; each is validated against the JSON
+# Schema of its CRD vendored in tests/system/schemas (its source and version in $comment).
+CUSTOM_KINDS = {"PodMonitor": "podmonitor-v1.schema.json"}
+SCHEMAS = Path(__file__).parent / "schemas"
 
 MANIFESTS = sorted(
     path
@@ -1245,6 +1247,56 @@ def test_manifests_are_found():
 )
 def test_manifest_matches_the_kubernetes_schema(path, version):
     validate_manifest(load_yaml(path), version)
+
+
+def validate_custom_resource(document):
+    """Strict validation (unknown fields are errors) against the vendored CRD schema."""
+    import jsonschema
+
+    schema = json.loads((SCHEMAS / CUSTOM_KINDS[document["kind"]]).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(document), key=lambda error: list(error.path))
+    if errors:
+        where = "/".join(str(part) for part in errors[0].path)
+        pytest.fail(
+            f"{document['kind']} {document['metadata']['name']}: {where}: {errors[0].message}"
+        )
+
+
+def test_vendored_crd_schemas_are_valid_json_schemas_naming_their_source():
+    import jsonschema
+
+    for name in CUSTOM_KINDS.values():
+        schema = json.loads((SCHEMAS / name).read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert re.search(r"Prometheus Operator v\d+\.\d+\.\d+", schema["$comment"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in MANIFESTS if load_yaml(path)["kind"] in CUSTOM_KINDS],
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
+def test_custom_resource_matches_its_crd_schema(path):
+    validate_custom_resource(load_yaml(path))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(intervall="15s"), "'intervall'"),
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(interval="15 s"), "does not match"),
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(scheme="tcp"), "is not one of"),
+        (lambda m: m["spec"].pop("selector"), "'selector' is a required property"),
+        (lambda m: m["spec"].update(podMetricsEndpoint=[]), "'podMetricsEndpoint'"),
+    ],
+    ids=["unknown field", "bad duration", "bad enum", "missing selector", "misspelt list"],
+)
+def test_crd_schema_validation_rejects_a_broken_pod_monitor(change, message):
+    monitor = load_yaml(K8S_EXTRAS / "podmonitor.yaml")
+    change(monitor)
+    with pytest.raises(pytest.fail.Exception, match=message):
+        validate_custom_resource(monitor)
 
 
 def kustomize(folder):
