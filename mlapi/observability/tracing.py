@@ -156,6 +156,11 @@ def start():
     log.info("tracing started", extra={"exporters": list(names)})
 
 
+def active():
+    """Whether this process has started its tracer provider and exports spans."""
+    return _state["provider"] is not None and _state["pid"] == os.getpid()
+
+
 def shutdown():
     """Export the spans still queued and stop the exporter thread (a worker's last act)."""
     provider = _state["provider"]
