@@ -539,12 +539,32 @@ def check_password_min_length(config):
         )
 
 
+def import_redis():
+    """Import redis-py (on first use) without OpenTelemetry.
+
+    redis-py 8 imports the OpenTelemetry SDK's metrics whenever they are installed
+    (redis/observability/providers.py, for its own opt-in metrics, which mlapi never
+    turns on): about 60 modules and 0.15 s in every worker, with tracing off. So redis
+    is imported here with ``opentelemetry`` hidden, as mlapi/_hs256_only.py does for
+    PyJWT; tracing (mlapi/observability/tracing.py) imports it later as usual.
+    tests/system/test_prometheus.py checks that no worker loads it with tracing off.
+    """
+    if "redis" in sys.modules or "opentelemetry" in sys.modules:
+        return
+    sys.modules["opentelemetry"] = None  # makes redis-py's optional import fail
+    try:
+        import redis  # noqa: F401
+    finally:
+        del sys.modules["opentelemetry"]
+
+
 def redis_client_options(config):
     """redis-py keyword arguments for every Redis client of the app (the shared one, the
     limiter's, the cache's): a socket timeout on connect and on every read, and at most one
     immediate retry, only for a broken connection (a pooled socket a Redis restart closed).
     redis-py's default retries ten times with back-off: a frozen Redis would cost a request
     seconds instead of one socket timeout."""
+    import_redis()
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
