@@ -565,6 +565,7 @@ def compose_secrets():
     [
         ("mlapi", {"MLAPI_SECRET_KEY", "MLAPI_DATABASE_URL"}),
         ("postgres", {"POSTGRES_PASSWORD"}),
+        ("grafana", {"GF_SECURITY_ADMIN_PASSWORD"}),
     ],
 )
 def test_compose_passes_secrets_as_mounted_files_not_variables(service, settings):
@@ -572,7 +573,8 @@ def test_compose_passes_secrets_as_mounted_files_not_variables(service, settings
     env = spec["environment"]
     assert not settings & set(env)  # never the value itself
     for setting in settings:
-        path = env[f"{setting}_FILE"]
+        # Grafana's convention is a double underscore.
+        path = env.get(f"{setting}_FILE") or env[f"{setting}__FILE"]
         assert path.startswith(RUN_SECRETS)
         assert path.removeprefix(RUN_SECRETS) in spec["secrets"]
     assert set(spec["secrets"]) <= set(compose_secrets())
