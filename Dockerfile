@@ -1,5 +1,7 @@
 # mlapi image: gunicorn serving wsgi:app as an unprivileged user.
-# Build: docker build -t mlapi:TAG .   Run: see docs/operations.md.
+# Build: docker build --build-arg MLAPI_BUILD_COMMIT=$(git rev-parse --short HEAD) -t mlapi:TAG .
+# (the commit then shows in mlapi_build_info{commit=...}; without it: "unknown").
+# Run: see docs/operations.md.
 # Port 8000 is for a buffering proxy in front (compose.yaml, deploy/k8s: nginx), not for
 # clients: gunicorn reads a request's head and body without a deadline.
 
@@ -18,14 +20,18 @@ RUN groupadd --system --gid 10001 mlapi \
         --home-dir /nonexistent --shell /usr/sbin/nologin mlapi
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY config.py gunicorn.conf.py wsgi.py ./
+COPY config.py gunicorn.conf.py serve.py wsgi.py ./
 COPY mlapi ./mlapi
 # Code stays root-owned (read-only to the service); bytecode is compiled now because the
 # root filesystem may be read-only at run time. Only the instance folder is the user's.
 RUN python -m compileall -q /app \
     && mkdir /app/instance \
     && chown mlapi:mlapi /app/instance
-ENV PATH=/opt/venv/bin:$PATH \
+# The commit the image is built from (no .git in the image): mlapi_build_info{commit=...}.
+# Declared last, so a new commit does not rebuild the layers above.
+ARG MLAPI_BUILD_COMMIT=unknown
+ENV MLAPI_BUILD_COMMIT=$MLAPI_BUILD_COMMIT \
+    PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
@@ -37,4 +43,5 @@ EXPOSE 8000
 # No curl in the slim image: python's urllib does the probe (a non-2xx status raises).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('PORT', '8000'), timeout=4)"]
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+# gunicorn -c gunicorn.conf.py wsgi:app, with WEB_CONCURRENCY checked like every setting.
+CMD ["python", "serve.py"]

@@ -24,6 +24,7 @@ import sys
 import time
 from datetime import timedelta
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from limits import parse_many
@@ -76,6 +77,23 @@ def _redis_url(value):
     return value
 
 
+def _origins(value):
+    """CORS origins as a list, from a list or a comma-separated string, each checked."""
+    if isinstance(value, str):
+        value = value.split(",")
+    origins = [origin.strip().rstrip("/") for origin in value if origin.strip()]
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (
+            parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+        ):
+            raise ValueError(
+                f"{origin!r} is not an origin; write scheme://host[:port], "
+                "e.g. https://app.example.com"
+            )
+    return origins
+
+
 def _hash_method(value):
     if not HASH_METHOD.match(value):
         raise ValueError("not a werkzeug hash method like 'scrypt:32768:8:1' or 'pbkdf2:sha256'")
@@ -124,9 +142,9 @@ class Config:
     PASSWORD_MIN_LENGTH: Annotated[int, Field(ge=8, le=64)] = 8
 
     # Browsers: origins allowed to call the API cross-origin (CORS), e.g.
-    # MLAPI_CORS_ORIGINS='["https://app.example.com"]' (or comma-separated; mlapi/cors.py
-    # checks each origin). Empty: no CORS headers at all.
-    CORS_ORIGINS: list[str] | str = []
+    # MLAPI_CORS_ORIGINS='["https://app.example.com"]' or comma-separated; each must be
+    # scheme://host[:port] (or "*"). Empty: no CORS headers at all.
+    CORS_ORIGINS: Annotated[list[str] | str, AfterValidator(_origins)] = []
 
     # Request limits.
     MAX_CONTENT_LENGTH: Positive = 1024 * 1024
@@ -221,7 +239,8 @@ KNOWN_NAMES = frozenset(
 
 
 def _first_error(exc):
-    return exc.errors()[0]["msg"]
+    # A validator's own ValueError reads as its message, without pydantic's "Value error, ".
+    return exc.errors()[0]["msg"].removeprefix("Value error, ")
 
 
 def check_value(key, value, from_string=False, shown=True):
@@ -520,12 +539,32 @@ def check_password_min_length(config):
         )
 
 
+def import_redis():
+    """Import redis-py (on first use) without OpenTelemetry.
+
+    redis-py 8 imports the OpenTelemetry SDK's metrics whenever they are installed
+    (redis/observability/providers.py, for its own opt-in metrics, which mlapi never
+    turns on): about 60 modules and 0.15 s in every worker, with tracing off. So redis
+    is imported here with ``opentelemetry`` hidden, as mlapi/_hs256_only.py does for
+    PyJWT; tracing (mlapi/observability/tracing.py) imports it later as usual.
+    tests/system/test_prometheus.py checks that no worker loads it with tracing off.
+    """
+    if "redis" in sys.modules or "opentelemetry" in sys.modules:
+        return
+    sys.modules["opentelemetry"] = None  # makes redis-py's optional import fail
+    try:
+        import redis  # noqa: F401
+    finally:
+        del sys.modules["opentelemetry"]
+
+
 def redis_client_options(config):
     """redis-py keyword arguments for every Redis client of the app (the shared one, the
     limiter's, the cache's): a socket timeout on connect and on every read, and at most one
     immediate retry, only for a broken connection (a pooled socket a Redis restart closed).
     redis-py's default retries ten times with back-off: a frozen Redis would cost a request
     seconds instead of one socket timeout."""
+    import_redis()
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry

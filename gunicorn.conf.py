@@ -32,10 +32,12 @@ import config as _config  # noqa: E402 (after the environment above; "config" is
 # OTEL_* value stops the server here. Imported after the environment above is set.
 from mlapi.observability import tracing  # noqa: E402
 
-tracing.defer_start()
-
 _log = logging.getLogger("gunicorn.error")
 _settings = _config.checked_settings()
+try:
+    tracing.defer_start()
+except _config.ConfigurationError as error:
+    _config.exit_on_error(error)
 
 
 def _whole(name, value, low=0):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import secrets
 import shutil
@@ -603,10 +604,47 @@ def run_configuration(config, args, workdir):
             "workers": workers,
             "database": database,
             "cases": cases,
+            "tracing": tracing_state(servers["mlapi"]),
         }
     finally:
         for process in [*servers.values(), *backing.values()]:
             process.stop()
+
+
+TRACING_SERIES = re.compile(
+    r'^(mlapi_tracing_active|mlapi_opentelemetry_modules)\{pid="(\d+)"\} ([0-9.e+]+)$', re.M
+)
+
+
+def tracing_state(server, scrapes=20):
+    """Tracing as mlapi's workers report it after the load, on /metrics (each scrape is
+    answered by one worker: up to ``scrapes`` tries until every worker has answered)."""
+    workers = {str(worker.pid) for worker in server.workers()}
+    seen = {}
+    for _ in range(scrapes):
+        status, raw = http(server.base + "/metrics")
+        for name, pid, value in TRACING_SERIES.findall(raw.decode() if status == 200 else ""):
+            seen.setdefault(pid, {})[name] = int(float(value))
+        if workers <= seen.keys():
+            break
+    found = [seen[pid] for pid in sorted(workers & seen.keys())]
+    return {
+        "on": any(state.get("mlapi_tracing_active") for state in found),
+        "opentelemetry_modules_max": max(
+            (state.get("mlapi_opentelemetry_modules", 0) for state in found), default=None
+        ),
+        "workers_checked": len(found),
+        "workers": len(workers),
+    }
+
+
+def tracing_line(config, tracing):
+    """One line of the report: tracing off costs nothing (no OpenTelemetry import)."""
+    return (
+        f"{config}: tracing {'on' if tracing['on'] else 'off'}, opentelemetry modules imported "
+        f"in a worker: {tracing['opentelemetry_modules_max']} "
+        f"({tracing['workers_checked']} of {tracing['workers']} workers checked)"
+    )
 
 
 def summary(result):
@@ -761,6 +799,11 @@ def render(report):
                     f"{run.get('sql_statements_per_request', '')} | "
                     f"{vs[0]} | {vs[1]} | {run['others_cores']} | {note} |"
                 )
+    lines += [""] + [
+        tracing_line(config, found["tracing"])
+        for config, found in report["configs"].items()
+        if "tracing" in found
+    ]
     lines += [
         "",
         "| goal (issue 13) | config | now | goal | verdict | note |",

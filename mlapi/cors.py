@@ -6,8 +6,6 @@ so the browser refuses to hand the response to the page. Tokens travel in the
 Authorization header, never in cookies, so credentials mode stays off.
 """
 
-from urllib.parse import urlsplit
-
 from flask_cors import CORS
 
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Request-ID"]
@@ -25,25 +23,9 @@ EXPOSED_HEADERS = [
 PREFLIGHT_MAX_AGE = 600
 
 
-def allowed_origins(value):
-    """MLAPI_CORS_ORIGINS as a list: a JSON list or a comma-separated string of origins."""
-    if isinstance(value, str):
-        value = value.split(",")
-    origins = [origin.strip().rstrip("/") for origin in value or () if origin.strip()]
-    for origin in origins:
-        parts = urlsplit(origin)
-        if origin != "*" and (
-            parts.scheme not in ("http", "https") or not parts.netloc or parts.path
-        ):
-            raise ValueError(
-                f"MLAPI_CORS_ORIGINS: {origin!r} is not an origin; "
-                "write scheme://host[:port], e.g. https://app.example.com"
-            )
-    return origins
-
-
 def init_app(app):
-    origins = allowed_origins(app.config.get("CORS_ORIGINS"))
+    # A list of checked origins: config.py parsed MLAPI_CORS_ORIGINS at start.
+    origins = app.config["CORS_ORIGINS"]
     if not origins:
         return
     CORS(

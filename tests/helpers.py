@@ -161,3 +161,22 @@ def write_version(root, name, version, filename="model.onnx", content=None, conf
     else:
         path.write_text(content)
     return path
+
+
+def tracing_by_worker(server, scrapes=20):
+    """{pid: (mlapi_tracing_active, mlapi_opentelemetry_modules)} from scrapes of a real
+    server's /metrics, each answered by one worker: until every worker has answered."""
+    import requests
+
+    workers = {str(pid) for pid in server.worker_pids()}
+    seen = {}
+    for _ in range(scrapes):
+        text = requests.get(server.url("/metrics"), timeout=10).text
+        for pid in re.findall(r'^mlapi_tracing_active\{pid="(\d+)"\}', text, re.M):
+            seen[pid] = (
+                metric(text, "mlapi_tracing_active", pid=pid),
+                metric(text, "mlapi_opentelemetry_modules", pid=pid),
+            )
+        if workers <= seen.keys():
+            break
+    return seen

@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 
 from flask import current_app
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -21,6 +22,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
+from mlapi.observability import tracing
 from mlapi.version import __version__
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -221,6 +223,33 @@ class BuildInfoCollector:
         yield family
 
 
+class TracingCollector:
+    """``mlapi_tracing_active`` and ``mlapi_opentelemetry_modules`` of the process answering
+    the scrape, labelled by its pid: with tracing off no OpenTelemetry module is loaded, so
+    it costs the requests nothing (bench/run reports both)."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        pid = [str(os.getpid())]
+        active = GaugeMetricFamily(
+            "mlapi_tracing_active",
+            "1 when this process exports spans (OTEL_* variables name an exporter), else 0.",
+            labels=["pid"],
+        )
+        active.add_metric(pid, int(tracing.active()))
+        modules = GaugeMetricFamily(
+            "mlapi_opentelemetry_modules",
+            "OpenTelemetry modules this process has imported (0 with tracing off).",
+            labels=["pid"],
+        )
+        loaded = [name for name in list(sys.modules) if name.split(".")[0] == "opentelemetry"]
+        modules.add_metric(pid, len(loaded))
+        yield active
+        yield modules
+
+
 class WorkerProcessCollector:
     """``process_*`` series of the gunicorn master and each live worker, labelled by pid.
 
@@ -302,9 +331,10 @@ def serve_as_worker_of(master_pid):
 
 
 def register_process_collectors():
-    """Build info always; per-process metrics in multiprocess mode (without it,
+    """Build info and tracing's state always; per-process metrics in multiprocess mode (without it,
     prometheus_client's own ProcessCollector already reports the one process)."""
     register_collector(BuildInfoCollector())
+    register_collector(TracingCollector())
     if MULTIPROCESS:
         register_collector(WorkerProcessCollector(_master_pid))
 

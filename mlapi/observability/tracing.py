@@ -23,6 +23,18 @@ log = logging.getLogger(__name__)
 
 EXPORTERS = frozenset({"otlp", "console"})
 HTTP_PROTOCOLS = frozenset({"http/protobuf"})
+# The samplers OTEL_TRACES_SAMPLER may name (the SDK's own; it would log an unknown one and
+# silently sample everything), and those that read OTEL_TRACES_SAMPLER_ARG as a ratio.
+SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
 # Probes and scrapes are polled every few seconds: tracing them would be mostly noise.
 # OTEL_PYTHON_FLASK_EXCLUDED_URLS, when set, replaces this list.
 QUIET_URLS = "/health/live$,/health/ready$,/health/metrics$,/metrics$"
@@ -38,10 +50,12 @@ def exporters(environ=os.environ):
 
     Tracing is on when ``OTEL_TRACES_EXPORTER`` names an exporter, or, with that variable
     unset, when an OTLP endpoint is given; ``OTEL_SDK_DISABLED=true`` turns it off.
-    Raises ValueError, naming the variable, for a value mlapi cannot honour.
+    A value mlapi cannot honour raises config.ConfigurationError naming the variable
+    (a ValueError), as a bad ``MLAPI_*`` setting does: the process stops at start.
     """
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return ()
+    check_sampler(environ)
     raw = environ.get("OTEL_TRACES_EXPORTER")
     if raw is None:
         endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
@@ -53,25 +67,56 @@ def exporters(environ=os.environ):
         return ()
     unknown = [n for n in names if n not in EXPORTERS]
     if unknown or "none" in names:
-        raise ValueError(
+        raise _refused(
+            "OTEL_TRACES_EXPORTER",
             f"OTEL_TRACES_EXPORTER={raw!r}: mlapi supports {', '.join(sorted(EXPORTERS))} "
-            "or none (comma-separated)."
+            "or none (comma-separated)",
+            "Set OTEL_TRACES_EXPORTER to otlp, console, both comma-separated, or none",
         )
     if "otlp" in names:
         for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
             protocol = environ.get(variable)
             if protocol:
                 if protocol.strip().lower() not in HTTP_PROTOCOLS:
-                    raise ValueError(
-                        f"{variable}={protocol!r}: mlapi exports OTLP over HTTP only; set it "
-                        "to http/protobuf (the collector's port 4318) or leave it unset."
+                    raise _refused(
+                        variable,
+                        f"{variable}={protocol!r}: mlapi exports OTLP over HTTP only",
+                        f"Set {variable} to http/protobuf (the collector's port 4318) or unset it",
                     )
                 break
     return names
 
 
-def enabled():
-    return bool(exporters())
+def check_sampler(environ):
+    """OTEL_TRACES_SAMPLER names a sampler of the SDK, and OTEL_TRACES_SAMPLER_ARG is a
+    ratio from 0 to 1 (the SDK would log either mistake and trace every request)."""
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "").strip()
+    if sampler and sampler.lower() not in SAMPLERS:
+        raise _refused(
+            "OTEL_TRACES_SAMPLER",
+            f"OTEL_TRACES_SAMPLER={sampler!r} is not a sampler mlapi knows",
+            f"Set OTEL_TRACES_SAMPLER to one of {', '.join(sorted(SAMPLERS))}, or unset it "
+            "for parentbased_always_on",
+        )
+    arg = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if arg:
+        try:
+            ratio = float(arg)
+        except ValueError:
+            ratio = None
+        if ratio is None or not 0 <= ratio <= 1:
+            raise _refused(
+                "OTEL_TRACES_SAMPLER_ARG",
+                f"OTEL_TRACES_SAMPLER_ARG={arg!r} is not a ratio from 0 to 1",
+                "Set OTEL_TRACES_SAMPLER_ARG to the share of traces to keep, e.g. 0.1, or unset it",
+            )
+
+
+def _refused(variable, problem, fix):
+    # config is imported here, not at the top: this module's top level stays standard library.
+    import config
+
+    return config.refused(variable, problem, fix)
 
 
 def defer_start():
@@ -109,6 +154,11 @@ def start():
             _state["provider"] = provider
         _state["pid"] = os.getpid()
     log.info("tracing started", extra={"exporters": list(names)})
+
+
+def active():
+    """Whether this process has started its tracer provider and exports spans."""
+    return _state["provider"] is not None and _state["pid"] == os.getpid()
 
 
 def shutdown():

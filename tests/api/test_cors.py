@@ -3,7 +3,7 @@ preflight requests, with problem responses carrying the same headers."""
 
 import pytest
 
-from mlapi.cors import allowed_origins
+from config import ConfigurationError, check_value
 from tests.helpers import assert_problem
 
 APP_ORIGIN = "https://app.example.com"
@@ -103,9 +103,14 @@ def test_origins_setting_accepts_a_comma_separated_string(make_app):
 
 
 @pytest.mark.parametrize("bad", ["app.example.com", "https://app.example.com/path", "ftp://x.io"])
-def test_malformed_origins_are_refused_at_start(bad):
-    with pytest.raises(ValueError, match="MLAPI_CORS_ORIGINS"):
-        allowed_origins([bad])
+def test_malformed_origins_are_refused_at_start(bad, make_app):
+    """(tests/system/test_settings.py starts gunicorn and the CLI with one.)"""
+    with pytest.raises(ConfigurationError, match="MLAPI_CORS_ORIGINS") as error:
+        check_value("CORS_ORIGINS", [bad])
+    assert error.value.setting == "MLAPI_CORS_ORIGINS"
+    assert "is not an origin" in str(error.value)
+    with pytest.raises(ConfigurationError, match="MLAPI_CORS_ORIGINS"):
+        make_app(CORS_ORIGINS=f"https://ok.example.com,{bad}")
 
 
 def test_origins_setting_from_the_environment(monkeypatch, tmp_path):

@@ -8,6 +8,7 @@ where a missing promtool fails them.
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -17,12 +18,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 import yaml
 from flask import Flask
 from werkzeug.serving import make_server
 
 from config import FILE_KEYS, MIN_SECRET_BYTES, Config, ConfigurationError, load_secret
-from tests.system.servers import free_port, wait_until
+from tests.helpers import require_service
+from tests.system.servers import SECRET, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -151,7 +154,7 @@ def env_names_read(*paths):
 
 
 GUNICORN_ENV = env_names_read(ROOT / "gunicorn.conf.py")
-APP_ENV = env_names_read(ROOT / "config.py", *sorted((ROOT / "mlapi").glob("*.py")))
+APP_ENV = env_names_read(ROOT / "config.py", *sorted((ROOT / "mlapi").rglob("*.py")))
 CONFIG_ENV = {f"MLAPI_{key}" for key in dir(Config) if key.isupper()}
 
 
@@ -248,8 +251,58 @@ def test_dockerfile_runs_gunicorn_as_a_numeric_non_root_user():
     user, _, group = instruction("USER").partition(":")
     assert user.isdigit() and int(user) > 0
     assert group.isdigit() and int(group) > 0
-    assert json.loads(instruction("CMD")) == ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    # serve.py: gunicorn -c gunicorn.conf.py wsgi:app, WEB_CONCURRENCY checked first
+    # (tests/system/test_settings.py starts it).
+    assert json.loads(instruction("CMD")) == ["python", "serve.py"]
     assert instruction("EXPOSE") == "8000"
+
+
+def build_env(build_args):
+    """The final stage's environment as ``docker build --build-arg`` NAME=VALUE makes it:
+    each ARG's value (given, else its default) substituted into the ENV values."""
+    args = {}
+    for keyword, rest in final_stage():
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = build_args.get(name, default)
+    pattern = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+    return {
+        name: pattern.sub(lambda m: args.get(m.group(1), m.group(0)), value)
+        for name, value in dockerfile_env().items()
+    }
+
+
+def test_build_env_substitutes_build_args_and_keeps_other_references():
+    env = build_env({"MLAPI_BUILD_COMMIT": "1a2b3c4"})
+    assert env["MLAPI_BUILD_COMMIT"] == "1a2b3c4"
+    assert env["PATH"] == "/opt/venv/bin:$PATH"  # the base image's, at run time
+
+
+def test_dockerfile_passes_the_build_commit_to_the_app(tmp_path):
+    """docker build --build-arg MLAPI_BUILD_COMMIT=$(git rev-parse --short HEAD) (as the
+    Dockerfile's header and docs/operations.md say) labels mlapi_build_info with it."""
+    assert "MLAPI_BUILD_COMMIT" in [
+        rest.split("=")[0] for key, rest in final_stage() if key == "ARG"
+    ]
+    assert build_env({})["MLAPI_BUILD_COMMIT"] == "unknown"  # built without the argument
+    header = (ROOT / "Dockerfile").read_text()
+    assert "--build-arg MLAPI_BUILD_COMMIT=$(git rev-parse --short HEAD)" in header
+    commit = "c0ffee1"
+    env = {
+        **os.environ,
+        "MLAPI_BUILD_COMMIT": build_env({"MLAPI_BUILD_COMMIT": commit})["MLAPI_BUILD_COMMIT"],
+    }
+    probe = "from mlapi.observability.metrics import build_labels; print(build_labels()['commit'])"
+    # Outside the repository's checkout, as in the image (no .git to ask).
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == commit
 
 
 def test_dockerfile_environment():
@@ -496,16 +549,113 @@ def test_compose_mlapi_settings():
     assert env["WEB_CONCURRENCY"] == "4"
     assert env["MLAPI_ENV"] == "production"
     assert env["MLAPI_REDIS_URL"] == "redis://redis:6379/0"
-    assert env["MLAPI_DATABASE_URL"] == "postgresql+psycopg://mlapi:mlapi@postgres:5432/mlapi"
-    assert env["MLAPI_SECRET_KEY"].startswith("${MLAPI_SECRET_KEY:?")
 
 
-def test_compose_database_url_matches_the_postgres_service():
-    env = compose_services()["postgres"]["environment"]
-    url = urlsplit(compose_services()["mlapi"]["environment"]["MLAPI_DATABASE_URL"])
-    assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
-    assert url.path.lstrip("/") == env["POSTGRES_DB"]
+# Compose mounts each secret a service lists at /run/secrets/NAME.
+RUN_SECRETS = "/run/secrets/"
+
+
+def compose_secrets():
+    """Each top-level secret's name and the file it is read from (under ROOT)."""
+    return {name: spec["file"] for name, spec in load_yaml(COMPOSE)["secrets"].items()}
+
+
+@pytest.mark.parametrize(
+    ("service", "settings"),
+    [
+        ("mlapi", {"MLAPI_SECRET_KEY", "MLAPI_DATABASE_URL"}),
+        ("postgres", {"POSTGRES_PASSWORD"}),
+        ("grafana", {"GF_SECURITY_ADMIN_PASSWORD"}),
+    ],
+)
+def test_compose_passes_secrets_as_mounted_files_not_variables(service, settings):
+    spec = compose_services()[service]
+    env = spec["environment"]
+    assert not settings & set(env)  # never the value itself
+    for setting in settings:
+        # Grafana's convention is a double underscore.
+        path = env.get(f"{setting}_FILE") or env[f"{setting}__FILE"]
+        assert path.startswith(RUN_SECRETS)
+        assert path.removeprefix(RUN_SECRETS) in spec["secrets"]
+    assert set(spec["secrets"]) <= set(compose_secrets())
+    assert not any(
+        re.search(r"PASSWORD|SECRET", name) for name in env if not name.endswith("_FILE")
+    )
+
+
+def run_compose_secrets(folder):
+    return subprocess.run(
+        [str(ROOT / "scripts" / "compose-secrets"), str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+
+
+def test_compose_secrets_script_writes_every_file_compose_reads(tmp_path):
+    """scripts/compose-secrets FOLDER writes what ./secrets must hold; the database URL
+    names the postgres service's user, database and password."""
+    folder = tmp_path / "secrets"
+    run_compose_secrets(folder)
+    files = {name: folder / Path(path).name for name, path in compose_secrets().items()}
+    assert all(Path(path).parent == Path("./secrets") for path in compose_secrets().values())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in files.values())
+    values = {name: path.read_text().strip() for name, path in files.items()}
+    assert len(values["mlapi_secret_key"].encode()) >= MIN_SECRET_BYTES
+    postgres = compose_services()["postgres"]["environment"]
+    url = urlsplit(values["mlapi_database_url"])
+    assert (url.username, url.password) == (postgres["POSTGRES_USER"], values["postgres_password"])
+    assert url.path.lstrip("/") == postgres["POSTGRES_DB"]
     assert url.hostname in compose_services()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    run_compose_secrets(folder)  # a second run keeps the values
+    assert {name: path.read_text().strip() for name, path in files.items()} == values
+    assert (ROOT / ".gitignore").read_text().splitlines().count("secrets/") == 1
+
+
+def test_the_app_reads_the_secret_files_compose_mounts(servers, tmp_path):
+    """mlapi started with the environment compose gives it, each /run/secrets/NAME file
+    present: the key signs the tokens and the URL reaches the database (this host's
+    PostgreSQL and Redis stand in for the compose services)."""
+    import jwt
+
+    postgres_url = os.environ.get(
+        "MLAPI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    redis_url = os.environ.get("MLAPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    require_service("PostgreSQL", postgres_url)
+    require_service("Redis", redis_url)
+    run_compose_secrets(tmp_path / "secrets")
+    mounted = tmp_path / "run-secrets"
+    mounted.mkdir()
+    for name in compose_services()["mlapi"]["secrets"]:
+        (mounted / name).write_text((tmp_path / "secrets" / name).read_text())
+    (mounted / "mlapi_database_url").write_text(postgres_url + "\n")
+    env = {
+        name: value.replace(RUN_SECRETS, f"{mounted}/")
+        for name, value in compose_services()["mlapi"]["environment"].items()
+    }
+    env.update(
+        MLAPI_SECRET_KEY="",  # the test servers' default key: the file must supply it
+        MLAPI_REDIS_URL=redis_url,
+        MLAPI_REDIS_KEY_PREFIX=f"mlapi-compose-{os.getpid()}:",
+        MLAPI_TRUSTED_PROXIES="0",
+        WEB_CONCURRENCY="2",
+    )
+    server = servers(env=env)
+    ready = requests.get(server.url("/health/ready"), timeout=10)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["database"]["status"] == "ok"
+    username, password = f"compose{os.getpid()}", secrets.token_urlsafe(16)
+    created = server.flask("users", "create", username, "--password", password)
+    assert created.returncode == 0, created.stderr
+    token = server.token(username, password)["Authorization"].split()[1]
+    key = (mounted / "mlapi_secret_key").read_text().strip()
+    assert jwt.decode(token, key, algorithms=["HS256"])["sub"]
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, SECRET, algorithms=["HS256"])
 
 
 def test_compose_waits_for_healthy_redis_and_postgres():
@@ -1048,8 +1198,10 @@ K8S_EXTRAS = DEPLOY / "k8s-extras"
 # The oldest Kubernetes the manifests support (native sidecars are on by default from 1.29)
 # and the newest whose schemas the pinned kubernetes-validate ships.
 K8S_VERSIONS = ["1.29.0", "latest"]
-# Custom resources: no schema in kubernetes-validate; checked field by field below.
-CUSTOM_KINDS = {"PodMonitor"}
+# Custom resources: no schema in kubernetes-validate; each is validated against the JSON
+# Schema of its CRD vendored in tests/system/schemas (its source and version in $comment).
+CUSTOM_KINDS = {"PodMonitor": "podmonitor-v1.schema.json"}
+SCHEMAS = Path(__file__).parent / "schemas"
 
 MANIFESTS = sorted(
     path
@@ -1097,6 +1249,56 @@ def test_manifests_are_found():
 )
 def test_manifest_matches_the_kubernetes_schema(path, version):
     validate_manifest(load_yaml(path), version)
+
+
+def validate_custom_resource(document):
+    """Strict validation (unknown fields are errors) against the vendored CRD schema."""
+    import jsonschema
+
+    schema = json.loads((SCHEMAS / CUSTOM_KINDS[document["kind"]]).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(document), key=lambda error: list(error.path))
+    if errors:
+        where = "/".join(str(part) for part in errors[0].path)
+        pytest.fail(
+            f"{document['kind']} {document['metadata']['name']}: {where}: {errors[0].message}"
+        )
+
+
+def test_vendored_crd_schemas_are_valid_json_schemas_naming_their_source():
+    import jsonschema
+
+    for name in CUSTOM_KINDS.values():
+        schema = json.loads((SCHEMAS / name).read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert re.search(r"Prometheus Operator v\d+\.\d+\.\d+", schema["$comment"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in MANIFESTS if load_yaml(path)["kind"] in CUSTOM_KINDS],
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
+def test_custom_resource_matches_its_crd_schema(path):
+    validate_custom_resource(load_yaml(path))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(intervall="15s"), "'intervall'"),
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(interval="15 s"), "does not match"),
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(scheme="tcp"), "is not one of"),
+        (lambda m: m["spec"].pop("selector"), "'selector' is a required property"),
+        (lambda m: m["spec"].update(podMetricsEndpoint=[]), "'podMetricsEndpoint'"),
+    ],
+    ids=["unknown field", "bad duration", "bad enum", "missing selector", "misspelt list"],
+)
+def test_crd_schema_validation_rejects_a_broken_pod_monitor(change, message):
+    monitor = load_yaml(K8S_EXTRAS / "podmonitor.yaml")
+    change(monitor)
+    with pytest.raises(pytest.fail.Exception, match=message):
+        validate_custom_resource(monitor)
 
 
 def kustomize(folder):

@@ -12,7 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlapi import __version__
-from tests.helpers import promtool
+from tests.helpers import promtool, tracing_by_worker
 
 PASSWORD = "prometheus-pass-12"
 PROCESS_METRICS = (
@@ -112,6 +112,22 @@ def test_build_info_names_version_commit_and_python(two_workers):
         "commit": "0123456789ab",
         "python": platform.python_version(),
     }
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_with_tracing_off_no_worker_imports_opentelemetry(two_workers):
+    """What bench/run reports: after requests through the whole stack, each worker says
+    (on /metrics) that it exports no spans and has loaded no OpenTelemetry module."""
+    server = two_workers
+    headers = server.token("alice", PASSWORD)
+    for i in range(10):
+        response = requests.post(server.url("/v1/predict"), json=[i], headers=headers, timeout=10)
+        assert response.status_code == 200
+    seen = tracing_by_worker(server)
+    assert seen, "no worker answered a scrape"
+    assert set(seen) <= {str(pid) for pid in server.worker_pids()}
+    assert set(seen.values()) == {(0, 0)}
 
 
 @pytest.mark.slow

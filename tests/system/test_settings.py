@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -22,11 +23,17 @@ from tests.system.servers import ROOT, SECRET, Gunicorn, free_port, wait_until
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def run_gunicorn(tmp_path, env):
-    """Start ``gunicorn -c gunicorn.conf.py wsgi:app`` with ``env``; it must exit by itself."""
+GUNICORN = ["-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+# As scripts/run and the image start mlapi: gunicorn with WEB_CONCURRENCY checked first.
+SERVE = ["serve.py"]
+
+
+def run_gunicorn(tmp_path, env, command=GUNICORN):
+    """Start ``gunicorn -c gunicorn.conf.py wsgi:app`` (or ``python serve.py``) with ``env``;
+    it must exit by itself."""
     server = Gunicorn(tmp_path, env=env)
     return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        [sys.executable, *command],
         cwd=ROOT,
         env=server.env,
         capture_output=True,
@@ -87,6 +94,30 @@ BAD_SETTINGS = [
         ["/no/such/secret"],
     ),
     ({"MLAPI_ENV": "production", "MLAPI_SECRET_KEY": "short"}, "MLAPI_SECRET_KEY", []),
+    (
+        {"MLAPI_CORS_ORIGINS": "https://app.example.com,ftp://files.example.com"},
+        "MLAPI_CORS_ORIGINS",
+        ["'ftp://files.example.com' is not an origin", "scheme://host[:port]"],
+    ),
+    ({"MLAPI_CORS_ORIGINS": '["app.example.com"]'}, "MLAPI_CORS_ORIGINS", ["not an origin"]),
+    # OpenTelemetry's own variables, checked whether tracing is on or off.
+    ({"OTEL_TRACES_SAMPLER_ARG": "abc"}, "OTEL_TRACES_SAMPLER_ARG", ["ratio from 0 to 1"]),
+    (
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
+        "OTEL_TRACES_SAMPLER_ARG",
+        ["ratio from 0 to 1"],
+    ),
+    (
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "ratio"},
+        "OTEL_TRACES_SAMPLER",
+        ["parentbased_traceidratio"],
+    ),
+    ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER", ["otlp, console"]),
+    (
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ["http/protobuf"],
+    ),
 ]
 
 
@@ -103,6 +134,7 @@ def test_gunicorn_refuses_a_bad_setting_in_one_line(tmp_path, env, setting, word
 def test_flask_cli_refuses_a_bad_setting_in_one_line(tmp_path, env, setting, words):
     result = run_flask(tmp_path, env)
     assert_refused(result, setting, words)
+    assert result.returncode == 1
 
 
 def test_both_a_setting_and_its_file_are_refused(tmp_path):
@@ -275,16 +307,78 @@ def test_a_database_that_never_comes_up_ends_in_one_line(tmp_path):
     assert "did not accept connections within 1.5 s" in line["message"]
 
 
-def test_gunicorn_refuses_a_bad_number_of_its_own_in_one_line(tmp_path):
-    """(WEB_CONCURRENCY is parsed by gunicorn itself before its settings file is read.)"""
-    result = run_gunicorn(tmp_path, {"GUNICORN_TIMEOUT": "soon"})
-    assert_refused(result, "GUNICORN_TIMEOUT", ["whole number"])
+GUNICORN_NUMBERS = [
+    ("WEB_CONCURRENCY", "abc"),
+    ("WEB_CONCURRENCY", "0"),
+    ("GUNICORN_THREADS", "x"),
+    ("GUNICORN_TIMEOUT", "soon"),
+    ("GUNICORN_KEEPALIVE", "-1"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), GUNICORN_NUMBERS)
+def test_serve_refuses_a_bad_number_of_gunicorn_in_one_line(tmp_path, name, value):
+    result = run_gunicorn(tmp_path, {name: value}, SERVE)
+    assert_refused(result, name, ["whole number", repr(value)])
+    assert result.returncode == 4
     assert len(json_lines(result)) == 1
 
 
-def test_scripts_run_refuses_a_bad_setting_in_one_line(tmp_path):
-    """scripts/run execs gunicorn: the same single line and exit code reach the caller."""
-    env = {**Gunicorn(tmp_path).env, "MLAPI_MAX_FEATURES": "abc"}
+@pytest.mark.parametrize(
+    ("name", "value"), [n for n in GUNICORN_NUMBERS if n[0] != "WEB_CONCURRENCY"]
+)
+def test_gunicorn_refuses_a_bad_number_of_its_own_in_one_line(tmp_path, name, value):
+    result = run_gunicorn(tmp_path, {name: value})
+    assert_refused(result, name, ["whole number"])
+    assert result.returncode == 4
+
+
+def test_plain_gunicorn_parses_web_concurrency_before_mlapi_can_check_it(tmp_path):
+    """Why serve.py exists: gunicorn (27.0.1) converts WEB_CONCURRENCY with int() while it
+    is imported, before gunicorn.conf.py runs, so plain ``gunicorn -c gunicorn.conf.py``
+    ends in its traceback. When this test fails, gunicorn checks it later and serve.py's
+    detour can go."""
+    result = run_gunicorn(tmp_path, {"WEB_CONCURRENCY": "abc"})
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert 'int(os.environ.get("WEB_CONCURRENCY", 1))' in result.stderr
+    assert "mlapi.config" not in result.stderr
+
+
+def test_serve_runs_gunicorn_with_its_options_and_the_worker_count(servers, tmp_path):
+    """serve.py hides WEB_CONCURRENCY only while gunicorn is imported: gunicorn.conf.py
+    still reads it (two workers, with Redis); options after serve.py reach gunicorn."""
+    redis_url = os.environ.get("MLAPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    require_service("Redis", redis_url)
+    server = servers(
+        env={
+            "MLAPI_REDIS_URL": redis_url,
+            "MLAPI_REDIS_KEY_PREFIX": f"mlapi-serve-{os.getpid()}:",
+            "WEB_CONCURRENCY": "2",
+        },
+        create=False,
+    )
+    server.log_file = open(server.log_path, "ab")  # noqa: SIM115 (closed by server.stop())
+    server.process = subprocess.Popen(
+        [sys.executable, *SERVE, "--graceful-timeout", "7"],
+        cwd=ROOT,
+        env=server.env,
+        stdout=server.log_file,
+        stderr=subprocess.STDOUT,
+    )
+    wait_until(server._live, timeout=60, what="serve.py's gunicorn")
+    wait_until(lambda: len(server.worker_pids()) == 2, timeout=30, what="two workers")
+    assert requests.get(server.url("/health/ready"), timeout=10).status_code == 200
+    command = psutil.Process(server.process.pid).cmdline()
+    assert command[-2:] == ["--graceful-timeout", "7"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("MLAPI_MAX_FEATURES", "abc"), ("WEB_CONCURRENCY", "many")]
+)
+def test_scripts_run_refuses_a_bad_setting_in_one_line(tmp_path, name, value):
+    """scripts/run execs serve.py: the same single line and exit code reach the caller."""
+    env = {**Gunicorn(tmp_path).env, name: value}
     result = subprocess.run(
         [str(ROOT / "scripts" / "run")],
         cwd=ROOT,
@@ -298,4 +392,4 @@ def test_scripts_run_refuses_a_bad_setting_in_one_line(tmp_path):
     assert "Traceback" not in output
     # (On a first run the script's pip may print its own notes before gunicorn starts.)
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    assert [line["setting"] for line in lines] == ["MLAPI_MAX_FEATURES"]
+    assert [line["setting"] for line in lines] == [name]

@@ -18,6 +18,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from tests.helpers import tracing_by_worker
+
 PASSWORD = "tracing-pass-12"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -187,6 +189,17 @@ def test_spans_reach_an_otlp_receiver_continuing_the_callers_trace(traced_server
     assert len(lines) == 1
     assert lines[0]["trace_id"] == TRACE_ID
     assert lines[0]["span_id"] == request.span_id.hex()
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_workers_report_tracing_on_with_opentelemetry_loaded(traced_server):
+    """The counterpart of tests/system/test_prometheus.py's tracing-off check."""
+    seen = tracing_by_worker(traced_server)
+    assert seen
+    for active, modules in seen.values():
+        assert active == 1
+        assert modules > 10
 
 
 @pytest.mark.slow

@@ -1,13 +1,16 @@
 """Tracing's switch: which OTEL_* values turn it on, and that off costs no import."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from config import ConfigurationError
 from mlapi.observability.tracing import exporters
+from tests.helpers import require_service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,27 +48,53 @@ def test_the_environment_names_the_exporters(environ, expected):
     [
         ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
         ({"OTEL_TRACES_EXPORTER": "otlp,none"}, "OTEL_TRACES_EXPORTER"),
-        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "_PROTOCOL"),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
         (
             {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"},
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         ),
+        ({"OTEL_TRACES_SAMPLER": "probabilistic"}, "OTEL_TRACES_SAMPLER"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "abc"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "-0.1"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "nan"}, "OTEL_TRACES_SAMPLER_ARG"),
     ],
 )
 def test_a_value_mlapi_cannot_honour_is_refused_naming_the_variable(environ, variable):
-    with pytest.raises(ValueError, match=variable):
+    """Refused as a bad MLAPI_* setting is (tests/system/test_settings.py starts gunicorn
+    and the CLI with these): ConfigurationError naming the variable and a fix."""
+    with pytest.raises(ConfigurationError, match=variable) as error:
         exporters(environ)
+    assert error.value.setting == variable
+    assert variable in error.value.fix
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"OTEL_TRACES_SAMPLER": "ParentBased_TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.25"},
+        {"OTEL_TRACES_SAMPLER": "always_off"},
+        {"OTEL_TRACES_SAMPLER_ARG": "1"},
+        {"OTEL_TRACES_SAMPLER": "bogus", "OTEL_SDK_DISABLED": "true"},
+    ],
+)
+def test_sampler_values_the_sdk_honours_are_accepted(environ):
+    assert exporters(environ) == ()
 
 
 # Builds an app, serves a few requests through the whole stack, and prints which
 # OpenTelemetry modules the process imported.
 PROBE = """
-import json, sys
+import json, os, sys
 from config import TestingConfig
 from mlapi import create_app
 
 settings = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
 settings["DATABASE_URL"] = "sqlite:///" + sys.argv[1] + "/mlapi.db"
+settings["REDIS_URL"] = os.environ.get("PROBE_REDIS_URL")
+settings["REDIS_KEY_PREFIX"] = "mlapi-probe-%d:" % os.getpid()
 app = create_app(settings, instance_path=sys.argv[1])
 client = app.test_client()
 statuses = [
@@ -96,6 +125,15 @@ def probe(tmp_path, **otel):
 def test_tracing_off_imports_no_opentelemetry_module(tmp_path):
     """The default worker never imports OpenTelemetry: no memory for it, no per-request hook."""
     report = probe(tmp_path)
+    assert report["statuses"] == [200, 200, 401]
+    assert report["loaded"] == []
+
+
+def test_tracing_off_with_redis_imports_no_opentelemetry_module(tmp_path):
+    """redis-py 8 would import the OpenTelemetry SDK's metrics on its own (config.import_redis)."""
+    redis_url = os.environ.get("MLAPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    require_service("Redis", redis_url)
+    report = probe(tmp_path, PROBE_REDIS_URL=redis_url)
     assert report["statuses"] == [200, 200, 401]
     assert report["loaded"] == []
 
