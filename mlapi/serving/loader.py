@@ -10,8 +10,11 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from mlapi.serving import repository
-from mlapi.serving.errors import ModelLoadError, PredictionError
+from mlapi.serving.datatypes import NUMPY_DTYPES
+from mlapi.serving.errors import ModelLoadError, PredictionError, error_item
 from mlapi.serving.loading import MODEL_SUFFIXES, PICKLE_SUFFIXES, load_file
 from mlapi.serving.models import BUILTIN_NAMES, BUILTINS
 from mlapi.serving.onnx import load_onnx
@@ -56,9 +59,51 @@ class GraphModel:
         return self.runtime.predict(inputs)
 
     def predict(self, batch):
-        raise PredictionError(
-            f"Model {self.name!r} takes named tensors: call POST /v2/models/{self.name}/infer."
-        )
+        """Feature vectors (a float64 batch) in, one value per row out, for a regressor
+        graph: one FP32 or FP64 input of shape [batch, features], and a first output of
+        one value per row. Any other graph takes named tensors only."""
+        spec = self._vector_input()
+        if spec is None:
+            raise PredictionError(
+                f"Model {self.name!r} takes named tensors: call POST /v2/models/{self.name}/infer."
+            )
+        width = spec.shape[1]
+        if width != -1 and batch.shape[1] != width:
+            kind = "too_short" if batch.shape[1] < width else "too_long"
+            raise PredictionError(
+                f"Model {self.name!r} accepts exactly {width} features, got {batch.shape[1]}.",
+                [error_item("/", f"exactly {width} items", kind)],
+            )
+        with np.errstate(over="ignore"):
+            rows = batch.astype(NUMPY_DTYPES[spec.datatype])
+        if not np.isfinite(rows).all():
+            raise PredictionError(
+                f"Model {self.name!r} takes {spec.datatype} features: a value is out of its range.",
+                [error_item("/", f"finite {spec.datatype} values", "overflow")],
+            )
+        output = self.runtime.predict({spec.name: rows})[self.outputs[0].name]
+        values = np.asarray(output, dtype=np.float64).reshape(len(batch), -1)
+        if values.shape[1] != 1:
+            raise PredictionError(
+                f"Model {self.name!r} gives {values.shape[1]} values per row: "
+                f"call POST /v2/models/{self.name}/infer."
+            )
+        values = values[:, 0]
+        if not np.isfinite(values).all():
+            raise PredictionError(
+                f"Model {self.name!r} cannot compute a finite prediction for this input.",
+                [error_item("/", "prediction is not finite", "overflow")],
+            )
+        return values
+
+    def _vector_input(self):
+        """The graph's one input when it takes rows of floating-point features, else None."""
+        if len(self.inputs) != 1:
+            return None
+        spec = self.inputs[0]
+        if spec.datatype not in ("FP32", "FP64") or len(spec.shape) != 2:
+            return None
+        return spec
 
 
 def build(directory, settings, previous=None, unloaded=frozenset(), control=None):

@@ -333,3 +333,32 @@ def test_int64_bool_and_bytes_tensors_as_json_and_binary(make_app, tmp_path, mak
         {"name": "flag_out", "datatype": "BOOL", "shape": [1, 2], "data": [False, True]},
         {"name": "text_out", "datatype": "BYTES", "shape": [1, 2], "data": ["x", "é"]},
     ]
+
+
+def test_a_regressor_graph_serves_feature_vectors_and_its_cache(http, auth):
+    """/predict-cached?model= takes a feature vector for an ONNX regressor (one FP32 input
+    [batch, features], one value per row): the same value as infer, then from the cache."""
+    estimator, _ = forest()
+    row = [0.5, -1.0, 2.0, 0.25]
+    expected = float(estimator.predict(np.array([row], dtype=np.float32))[0])
+    first = http.post("/predict-cached?model=forest", json=row, headers=auth)
+    assert first.status_code == 200, first.get_data(as_text=True)
+    assert first.get_json()["cached"] is False
+    assert first.get_json()["prediction"] == pytest.approx(expected, rel=1e-5)
+    again = http.post("/predict-cached?model=forest", json=row, headers=auth).get_json()
+    assert again == {**first.get_json(), "cached": True}
+    inferred = infer_forest(http, auth, np.array([row], dtype=np.float32)).get_json()
+    assert inferred["outputs"][0]["data"] == [first.get_json()["prediction"]]
+
+
+@pytest.mark.parametrize(
+    ("row", "detail"),
+    [
+        ([1.0, 2.0, 3.0], "Model 'forest' accepts exactly 4 features, got 3."),
+        ([1e300, 0.0, 0.0, 0.0], "Model 'forest' takes FP32 features: a value is out of its range."),
+    ],
+)
+def test_feature_vectors_a_regressor_graph_cannot_take_are_422(http, auth, row, detail):
+    response = http.post("/predict-cached?model=forest", json=row, headers=auth)
+    assert response.status_code == 422
+    assert response.get_json()["detail"] == detail
