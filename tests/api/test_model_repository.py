@@ -355,7 +355,10 @@ def test_a_regressor_graph_serves_feature_vectors_and_its_cache(http, auth):
     ("row", "detail"),
     [
         ([1.0, 2.0, 3.0], "Model 'forest' accepts exactly 4 features, got 3."),
-        ([1e300, 0.0, 0.0, 0.0], "Model 'forest' takes FP32 features: a value is out of its range."),
+        (
+            [1e300, 0.0, 0.0, 0.0],
+            "Model 'forest' takes FP32 features: a value is out of its range.",
+        ),
     ],
 )
 def test_feature_vectors_a_regressor_graph_cannot_take_are_422(http, auth, row, detail):
