@@ -520,12 +520,34 @@ def check_password_min_length(config):
         )
 
 
+# redis-py 8.1 imports these at its own import, guarded, whenever OpenTelemetry is
+# installed (mlapi's tracing installs it), only to know whether its optional command
+# metrics could be turned on. mlapi never turns them on.
+REDIS_OPTIONAL_IMPORTS = ("opentelemetry.metrics", "opentelemetry.sdk.metrics")
+
+
+def import_redis():
+    """redis-py, imported without OpenTelemetry's metrics API and SDK (and psutil through
+    the SDK): about 2 MiB per worker. They are hidden only while redis-py loads, so that its
+    guarded imports fail; tracing, or anything else, imports them as usual afterwards."""
+    if "redis" not in sys.modules:
+        hidden = [name for name in REDIS_OPTIONAL_IMPORTS if name not in sys.modules]
+        sys.modules.update(dict.fromkeys(hidden))
+        try:
+            import redis  # noqa: F401
+        finally:
+            for name in hidden:
+                del sys.modules[name]
+    return sys.modules["redis"]
+
+
 def redis_client_options(config):
     """redis-py keyword arguments for every Redis client of the app (the shared one, the
     limiter's, the cache's): a socket timeout on connect and on every read, and at most one
     immediate retry, only for a broken connection (a pooled socket a Redis restart closed).
     redis-py's default retries ten times with back-off: a frozen Redis would cost a request
     seconds instead of one socket timeout."""
+    import_redis()
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
