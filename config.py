@@ -539,23 +539,25 @@ def check_password_min_length(config):
         )
 
 
-def import_redis():
-    """Import redis-py (on first use) without OpenTelemetry.
+# redis-py 8.1 imports these at its own import, guarded, whenever OpenTelemetry is
+# installed (mlapi's tracing installs it), only to know whether its optional command
+# metrics could be turned on. mlapi never turns them on.
+REDIS_OPTIONAL_IMPORTS = ("opentelemetry.metrics", "opentelemetry.sdk.metrics")
 
-    redis-py 8 imports the OpenTelemetry SDK's metrics whenever they are installed
-    (redis/observability/providers.py, for its own opt-in metrics, which mlapi never
-    turns on): about 60 modules and 0.15 s in every worker, with tracing off. So redis
-    is imported here with ``opentelemetry`` hidden, as mlapi/_hs256_only.py does for
-    PyJWT; tracing (mlapi/observability/tracing.py) imports it later as usual.
-    tests/system/test_prometheus.py checks that no worker loads it with tracing off.
-    """
-    if "redis" in sys.modules or "opentelemetry" in sys.modules:
-        return
-    sys.modules["opentelemetry"] = None  # makes redis-py's optional import fail
-    try:
-        import redis  # noqa: F401
-    finally:
-        del sys.modules["opentelemetry"]
+
+def import_redis():
+    """redis-py, imported without OpenTelemetry's metrics API and SDK (and psutil through
+    the SDK): about 2 MiB per worker. They are hidden only while redis-py loads, so that its
+    guarded imports fail; tracing, or anything else, imports them as usual afterwards."""
+    if "redis" not in sys.modules:
+        hidden = [name for name in REDIS_OPTIONAL_IMPORTS if name not in sys.modules]
+        sys.modules.update(dict.fromkeys(hidden))
+        try:
+            import redis  # noqa: F401
+        finally:
+            for name in hidden:
+                del sys.modules[name]
+    return sys.modules["redis"]
 
 
 def redis_client_options(config):

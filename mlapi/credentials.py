@@ -18,7 +18,6 @@ import unicodedata
 from functools import cache
 from pathlib import Path
 
-from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 
 MAX_USERNAME_LENGTH = 64
@@ -80,6 +79,10 @@ def check_username(username):
 
 def check_email(email):
     """The address in its normalised form; raise UserError if its syntax or length fails."""
+    # Imported here: only user creation and changes check an address (email-validator and
+    # idna cost a worker about half a MiB).
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         return validate_email(email, check_deliverability=False, strict=True).normalized
     except EmailNotValidError as exc:

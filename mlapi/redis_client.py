@@ -12,7 +12,7 @@ for a broken connection.
 import logging
 import time
 
-from config import redis_client_options
+from config import import_redis, redis_client_options
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def init_app(app):
     url = app.config.get("REDIS_URL")
     if not url:
         return
-    import redis  # only with Redis configured: the embedded mode does without it
-
+    # Imported only with Redis configured: the embedded mode does without it.
+    redis = import_redis()
     app.extensions["mlapi.redis"] = redis.Redis.from_url(
         url, health_check_interval=30, **redis_client_options(app.config)
     )

@@ -22,4 +22,4 @@ def init_app(app):
     health.init_app(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    docs.spec.register(app)
+    docs.add_spectree_document(app)

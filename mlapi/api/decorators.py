@@ -5,10 +5,9 @@ from functools import wraps
 
 from flask import g
 from flask_jwt_extended import jwt_required
-from spectree import Response
 
 from mlapi.api.bodies import batch_cost
-from mlapi.api.docs import describe
+from mlapi.api.docs import Response, describe
 from mlapi.api.schemas import Problem
 from mlapi.auth import recheck
 from mlapi.budget import budget

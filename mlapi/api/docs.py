@@ -12,11 +12,10 @@ works without internet access.
 import copy
 import functools
 import importlib.util
+import threading
 from pathlib import Path
 
-from flask import Blueprint, redirect, render_template, send_from_directory, url_for
-from spectree import SecurityScheme, SpecTree
-from spectree.models import SecureType, SecuritySchemeData
+from flask import Blueprint, current_app, redirect, render_template, send_from_directory, url_for
 
 from mlapi.api.schemas import Problem
 from mlapi.errors import PROBLEM_MIMETYPE
@@ -50,25 +49,70 @@ bp = Blueprint(
 )
 limiter.exempt(bp)
 
-spec = SpecTree(
-    "flask",
-    title="mlapi",
-    description="Machine learning predictions over HTTP, with JWT authentication.",
-    version="1.0.0",
-    path="docs",
-    security_schemes=[
-        # spectree 3.0 keeps a dict given as data unconverted, and /openapi.json then fails.
-        SecurityScheme(
-            name="bearer",
-            data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", bearer_format="JWT"),
-        )
-    ],
-    annotations=False,
-    naming_strategy=lambda model: model.__name__,
-    validation_error_model=Problem,
-    # mlapi serves its own offline Swagger UI and ReDoc pages (below).
-    page_templates={},
-)
+API_VERSION = "1.0.0"
+# spectree, and the JSON schemas of every model it documents, are built when the document
+# is first asked for, not in every worker at start: a worker that serves only predictions
+# never loads them. Until then each described view waits here with its description.
+_described = []
+_building = threading.Lock()
+
+
+class Response:
+    """spectree's ``Response`` (status codes and their models), kept until the document is
+    first built."""
+
+    def __init__(self, *codes, **models):
+        self.codes, self.models = codes, models
+
+
+def spec():
+    """The SpecTree that describes every view; built once, on first use."""
+    with _building:
+        return _build_spec()
+
+
+@functools.cache
+def _build_spec():
+    import spectree
+    from spectree.models import SecureType, SecuritySchemeData
+
+    tree = spectree.SpecTree(
+        "flask",
+        title="mlapi",
+        description="Machine learning predictions over HTTP, with JWT authentication.",
+        version=API_VERSION,
+        path="docs",
+        security_schemes=[
+            # spectree 3.0 keeps a dict given as data unconverted, and /openapi.json then fails.
+            spectree.SecurityScheme(
+                name="bearer",
+                data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", bearer_format="JWT"),
+            )
+        ],
+        annotations=False,
+        naming_strategy=lambda model: model.__name__,
+        validation_error_model=Problem,
+        # mlapi serves its own offline Swagger UI and ReDoc pages (below).
+        page_templates={},
+    )
+    for run, view, kwargs in _described:
+        resp = kwargs.get("resp")
+        if isinstance(resp, Response):
+            kwargs = {**kwargs, "resp": spectree.Response(*resp.codes, **resp.models)}
+        # spectree finds the description by following __wrapped__ from the registered view.
+        run.__wrapped__ = tree.validate(skip_validation=True, **kwargs)(view)
+    return tree
+
+
+def add_spectree_document(app):
+    """spectree's own /docs/openapi.json: the document as spectree makes it, before
+    :func:`finish`."""
+    app.add_url_rule(
+        "/docs/openapi.json",
+        endpoint="openapi_docs",
+        view_func=lambda: current_app.json.response(spec().spec),
+    )
+
 
 _finished = {}
 
@@ -79,20 +123,20 @@ def describe(**kwargs):
     The JSON body is the schema the view names with ``@body`` (mlapi/api/bodies.py),
     which validates it, so the view runs without spectree's per-request wrapper, which
     would only re-wrap each response (about a tenth of a prediction's time in the
-    profile). spectree finds the description by following ``__wrapped__`` from the
-    registered view.
+    profile). The description is handed to spectree when the document is first built
+    (:func:`spec`); spectree finds it by following ``__wrapped__`` from the registered view.
     """
 
     def decorate(view):
+        options = dict(kwargs)
         if getattr(view, "body_schema", None) is not None:
-            kwargs.setdefault("json", view.body_schema)
-        described = spec.validate(skip_validation=True, **kwargs)(view)
+            options.setdefault("json", view.body_schema)
 
         @functools.wraps(view)
         def run(*args, **view_kwargs):
             return view(*args, **view_kwargs)
 
-        run.__wrapped__ = described
+        _described.append((run, view, options))
         return run
 
     return decorate
@@ -101,7 +145,7 @@ def describe(**kwargs):
 @bp.get("/openapi.json")
 def document():
     if "spec" not in _finished:
-        _finished["spec"] = finish(copy.deepcopy(spec.spec))
+        _finished["spec"] = finish(copy.deepcopy(spec().spec))
     return _finished["spec"]
 
 

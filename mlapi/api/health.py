@@ -14,9 +14,8 @@ import time
 import sqlalchemy as sa
 from flask import Blueprint, current_app, g
 from prometheus_client.core import GaugeMetricFamily
-from spectree import Response
 
-from mlapi.api.docs import describe
+from mlapi.api.docs import Response, describe
 from mlapi.api.schemas import HostFigures, Liveness, Readiness
 from mlapi.extensions import db, limiter
 from mlapi.observability.metrics import register_collector

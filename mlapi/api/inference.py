@@ -15,12 +15,11 @@ import math
 
 from flask import Blueprint, current_app, g, request
 from flask_jwt_extended import current_user, jwt_required
-from spectree import Response
 from werkzeug.exceptions import HTTPException
 
 from mlapi.api import health
 from mlapi.api.decorators import per_user_predictions
-from mlapi.api.docs import describe, spec
+from mlapi.api.docs import API_VERSION, Response, describe
 from mlapi.api.schemas import (
     InferRequest,
     InferResponse,
@@ -76,7 +75,7 @@ def server_metadata():
     config = current_app.config
     return {
         "name": config["SERVICE_NAME"],
-        "version": spec.config.version,
+        "version": API_VERSION,
         "extensions": EXTENSIONS,
     }
 

@@ -2,11 +2,10 @@
 
 from flask import Blueprint, current_app, request
 from flask_jwt_extended import current_user, jwt_required
-from spectree import Response
 
 from mlapi.api.bodies import body, read
 from mlapi.api.decorators import PROBLEMS, prediction
-from mlapi.api.docs import describe
+from mlapi.api.docs import Response, describe
 from mlapi.api.schemas import (
     CachedPrediction,
     CustomLimitPrediction,

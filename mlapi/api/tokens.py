@@ -17,12 +17,11 @@ from flask_jwt_extended import (
 )
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
-from spectree import Response
 from werkzeug.exceptions import UnsupportedMediaType
 
 from config import access_token_seconds
 from mlapi import revocation, users
-from mlapi.api.docs import describe
+from mlapi.api.docs import Response, describe
 from mlapi.api.schemas import (
     Message,
     Problem,
