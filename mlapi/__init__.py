@@ -34,7 +34,7 @@ def create_app(overrides=None, instance_path=None):
     over config.py's defaults and the ``MLAPI_*`` environment.
     """
     instance_path = instance_path or config.instance_path()
-    app = Flask(__name__, instance_path=instance_path and os.path.abspath(instance_path))
+    app = App(__name__, instance_path=instance_path and os.path.abspath(instance_path))
     # Settings: defaults, environment, overrides; checked; the secret; library keys.
     config.configure(app, overrides)
     # Strict JSON in and out, and no cookie session.
@@ -65,6 +65,28 @@ def create_app(overrides=None, instance_path=None):
     # Spans, when OTEL_* variables name an exporter: last, as it wraps the steps above.
     tracing.init_app(app)
     return app
+
+
+class App(Flask):
+    """Flask, deciding once per view or hook whether it is a coroutine function.
+
+    Flask asks ``inspect.iscoroutinefunction`` of every view and hook on every request
+    (``ensure_sync``, which Flask documents as the method to override); the answer never
+    changes for a function, so it is kept.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._synced = {}
+
+    def ensure_sync(self, func):
+        try:
+            return self._synced[func]
+        except KeyError:
+            synced = self._synced[func] = super().ensure_sync(func)
+            return synced
+        except TypeError:  # an unhashable callable
+            return super().ensure_sync(func)
 
 
 def log_settings_warnings(app):

@@ -114,3 +114,27 @@ def test_well_formed_request_id_is_echoed(client):
     assert client.get("/", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
     replaced = client.get("/", headers={"X-Request-ID": "bad id\twith spaces"})
     assert replaced.headers["X-Request-ID"] != "bad id\twith spaces"
+
+
+def test_the_app_keeps_each_functions_sync_check_as_flask_makes_it(make_app):
+    """mlapi.App caches ensure_sync per function; the answer is Flask's own."""
+    from flask import Flask
+
+    app = make_app()
+
+    def view():
+        return "ok"
+
+    async def coroutine_view():
+        return "ok"
+
+    assert app.ensure_sync(view) is view is Flask.ensure_sync(app, view)
+    assert app.ensure_sync(view) is view
+    try:
+        expected = Flask.ensure_sync(app, coroutine_view)
+    except RuntimeError as exc:  # Flask without its async extra refuses coroutines
+        with pytest.raises(RuntimeError, match=str(exc)[:40]):
+            app.ensure_sync(coroutine_view)
+    else:
+        assert app.ensure_sync(coroutine_view) is not coroutine_view
+        assert type(app.ensure_sync(coroutine_view)) is type(expected)
