@@ -338,6 +338,7 @@ def reload_case(paths):
         "failed_requests": sum(failed),
         "p99_ms": p99,
         "p99_reload_over_before": round(p99["reload"] / p99["before"], 2),
+        "p99_reload_over_after": round(p99["reload"] / p99["after"], 2),  # noise check
         "verdict": "pass"
         if sum(failed) == 0
         and p99["reload"] <= 2 * p99["before"]
