@@ -1,6 +1,7 @@
 """Cost of serving trained models: CPU per call and memory per worker.
 
     python bench/serving.py [--output bench/results/serving.json]
+    python bench/serving.py --only cpu|http|reload [--merge]
 
 Needs requirements-dev.txt (scikit-learn, skl2onnx, onnxmltools, lightgbm, xgboost).
 Trains small models on random data in a temporary folder, then measures, each
@@ -14,21 +15,28 @@ memory figure in a fresh process so imports do not overlap:
 - RSS/USS/PSS of two workers holding the same ~50 MB ONNX model, with its weights
   embedded and in an external data file (memory-mapped, shared);
 - import and load memory, and single-row CPU, of LightGBM text and XGBoost JSON
-  boosters served natively against the same boosters converted to ONNX.
+  boosters served natively against the same boosters converted to ONNX;
+- a new version of the forest loaded by two gunicorn workers under steady wrk load
+  (``--only reload``): failed requests, and p99 before and during the reload.
 """
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]  # mlapi, and bench.py's helpers
 N_FEATURES = 20
 
 
@@ -45,8 +53,9 @@ def cpu_per_call(call, seconds=1.0):
     return round(float(np.median(samples)), 2)
 
 
-def train(folder):
-    """Train the models; write them to ``folder``; return their paths."""
+def train(folder, forest_only=False):
+    """Train the models (or only the depth-10 forest); write them to ``folder``; return
+    their paths."""
     import lightgbm
     import onnx
     import onnxmltools
@@ -64,6 +73,8 @@ def train(folder):
     forest = RandomForestRegressor(n_estimators=100, max_depth=10, random_state=0, n_jobs=1)
     paths["forest"] = os.path.join(folder, "forest.onnx")
     onnx.save_model(to_onnx(forest.fit(x, y), x[:1], target_opset=17), paths["forest"])
+    if forest_only:
+        return paths
     # scikit-learn's defaults: trees grown until their leaves are pure (depth ~20 here).
     deep = RandomForestRegressor(n_estimators=100, random_state=0, n_jobs=1)
     paths["forest_deep"] = os.path.join(folder, "forest_deep.onnx")
@@ -142,6 +153,37 @@ def cpu_case(paths):
     }
 
 
+@contextlib.contextmanager
+def serving_mlapi(name, models, workers=1, **settings):
+    """mlapi under gunicorn serving ``models`` ({name: ONNX file}) as version 1 of each:
+    yields (server, a bearer token of its user). One worker (the bench's embedded
+    configuration), or more with a private redis-server; ``settings`` add to its environment."""
+    import bench
+
+    work = Path(tempfile.mkdtemp(prefix="mlapi-serving-"))
+    server, backing = None, {}
+    try:
+        for model, path in models.items():
+            os.makedirs(work / "models" / model / "1")
+            shutil.copy(path, work / "models" / model / "1" / "model.onnx")
+        if workers > 1:
+            backing["redis"] = bench.RedisServer(work)
+        env = bench.server_env(work, backing) | {"MLAPI_ONNX_THREADS": "1"} | settings
+        env["WEB_CONCURRENCY"] = str(workers)
+        password = secrets.token_urlsafe(18)
+        flask = [str(bench.BIN / "flask"), "--app", "wsgi"]
+        create = [*flask, "users", "create", "bench", "--password", password]
+        subprocess.run(create, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+        server = bench.Server("mlapi", name, env, workers, work)
+        server.wait_ready()
+        yield server, server.token("bench", password)
+    finally:
+        for process in [server, *backing.values()]:
+            if process:
+                process.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 HTTP_CALLS = {1: 600, 1000: 30}  # sequential infer calls per (rows per call)
 
 
@@ -154,31 +196,15 @@ def http_case(paths):
     (psutil), the batch's gain over single rows by each, and a single row's worker CPU
     above the built-in ``average`` model's through the same route.
     """
-    import secrets
-    import shutil
-    from pathlib import Path
-
     import tritonclient.http as httpclient
 
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     import bench
 
     rng = np.random.default_rng(3)
     batch = rng.normal(size=(1000, N_FEATURES)).astype(np.float32)
-    work = Path(tempfile.mkdtemp(prefix="mlapi-serving-"))
-    for name in ("forest", "forest_deep"):
-        os.makedirs(work / "models" / name / "1")
-        shutil.copy(paths[name], work / "models" / name / "1" / "model.onnx")
-    env = bench.server_env(work, {})
-    env["MLAPI_ONNX_THREADS"] = "1"
-    password = secrets.token_urlsafe(18)
-    flask = [str(bench.BIN / "flask"), "--app", "wsgi"]
-    create = [*flask, "users", "create", "bench", "--password", password]
-    subprocess.run(create, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
-    server = bench.Server("mlapi", "serving", env, 1, work)
-    try:
-        server.wait_ready()
-        token = {"Authorization": f"Bearer {server.token('bench', password)}"}
+    models = {name: paths[name] for name in ("forest", "forest_deep")}
+    with serving_mlapi("serving", models) as (server, bearer):
+        token = {"Authorization": f"Bearer {bearer}"}
         client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
 
         # model -> (input, its datatype, output); `average` is the built-in mean of a row
@@ -234,9 +260,93 @@ def http_case(paths):
                     ),
                 }
         return results
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+
+
+RELOAD_WINDOW = 10  # seconds of each wrk window: before, during and after the reload
+RELOAD_AT = 3  # seconds into the reload window when the new version is copied in
+RELOAD_ATTEMPTS = 3  # windows whose connections all landed on one worker are measured again
+
+
+def reload_case(paths):
+    """A new version loaded under steady load, by two gunicorn workers (private Redis).
+
+    wrk (8 connections, ``bench/wrk/case.lua``) sends single-row infer calls to the forest
+    in three back-to-back windows of RELOAD_WINDOW seconds: before (version 1); the
+    reload, version 2 copied into the repository RELOAD_AT seconds in (under a hidden
+    name, then renamed), which every worker's poller (every second) loads while serving;
+    after. A window whose keep-alive connections all landed on one worker is measured
+    again (a reload window with the next version), since an idle worker would load it
+    unloaded. Reported per window as bench.py measures a case, with the goal's verdict:
+    no failed request in any window, the reload window's p99 within 2x of the one before,
+    both workers logged loading the new version within the reload window, and 40 calls on
+    fresh connections afterwards all answer with it.
+    """
+    import bench
+
+    row = np.random.default_rng(4).normal(size=N_FEATURES).round(4).tolist()
+    body = {"inputs": [{"name": "X", "shape": [1, N_FEATURES], "datatype": "FP32", "data": row}]}
+    settings = {"MLAPI_MODEL_POLL_SECONDS": "1", "MLAPI_LOG_LEVEL": "INFO"}
+    with serving_mlapi("reload", {"forest": paths["forest"]}, 2, **settings) as (server, token):
+        work = server.log_path.parent
+        url = server.base + "/v2/models/forest/infer"
+        wrk_env = {"BENCH_METHOD": "POST", "BENCH_TOKEN": token}
+        wrk_env["BENCH_BODY_FILE"] = str(work / "body.json")
+        Path(wrk_env["BENCH_BODY_FILE"]).write_text(json.dumps(body))
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+        def versions(calls=40):
+            """Count of each model_version (or status) of ``calls`` answers, new connections."""
+            answers = [bench.http(url, json.dumps(body).encode(), headers) for _ in range(calls)]
+            found = [json.loads(raw).get("model_version", str(status)) for status, raw in answers]
+            return {version: found.count(version) for version in sorted(set(found))}
+
+        def install(version):
+            hidden = work / "models" / "forest" / f".{version}"
+            os.makedirs(hidden)
+            shutil.copy(paths["forest"], hidden / "model.onnx")
+            os.rename(hidden, hidden.with_name(str(version)))
+
+        def window(name, during=None):
+            """A measured wrk window; again (RELOAD_ATTEMPTS in all) while its connections all
+            land on one worker. ``during(attempt)`` runs RELOAD_AT seconds into each attempt."""
+            for attempt in range(1, RELOAD_ATTEMPTS + 1):
+                timer = threading.Timer(RELOAD_AT, during or (lambda _: None), [attempt])
+                timer.start()
+                result = bench.measure(server, url, wrk_env, load, work / f"{name}.json", {}, None)
+                timer.join()
+                failed.append(result["non2xx"] + result["socket_errors"])
+                if not bench.unbalanced(result, 2):
+                    break
+            return result | {"attempts": attempt}
+
+        results, failed = {"versions_before": versions()}, []
+        bench.wrk(url, 2, 8, wrk_env, work / "warmup.json")
+        load = argparse.Namespace(duration=RELOAD_WINDOW, connections=8)
+        results["before"] = window("before")
+        # each attempt copies in the next version: 2, then 3 if measured again
+        results["reload"] = window("reload", during=lambda attempt: install(1 + attempt))
+        new = str(1 + results["reload"]["attempts"])
+        lines = server.log_path.read_text().splitlines()
+        results["new_version"] = new
+        results["workers_loaded_it_in_reload_window"] = sum(
+            f'"model forest:{new} loaded"' in line for line in lines
+        )
+        results["after"] = window("after")
+        results["versions_after"] = versions()
+    p99 = {w: results[w]["latency_ms"]["p99"] for w in ("before", "reload", "after")}
+    results["goal"] = {
+        "failed_requests": sum(failed),
+        "p99_ms": p99,
+        "p99_reload_over_before": round(p99["reload"] / p99["before"], 2),
+        "p99_reload_over_after": round(p99["reload"] / p99["after"], 2),  # noise check
+        "verdict": "pass"
+        if sum(failed) == 0
+        and p99["reload"] <= 2 * p99["before"]
+        and results["versions_after"] == {new: 40}
+        and results["workers_loaded_it_in_reload_window"] == 2
+        else "FAIL",
+    }
+    return results
 
 
 def load_onnx_values(path, batch):
@@ -313,14 +423,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(ROOT, "bench/results/serving.json"))
     parser.add_argument(
-        "--only", choices=["cpu", "http"], help="run one case (no memory probes); print only"
+        "--only",
+        choices=["cpu", "http", "reload"],
+        help="run one case (no memory probes) and print it; with --merge, also store it",
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="with --only: replace that case in --output"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        paths = train(folder)
+        paths = train(folder, forest_only=args.only == "reload")
         if args.only:
-            case = {"cpu": cpu_case, "http": http_case}[args.only]
-            print(json.dumps(case(paths), indent=2))
+            case = {"cpu": cpu_case, "http": http_case, "reload": reload_case}[args.only]
+            result = case(paths)
+            print(json.dumps(result, indent=2))
+            if args.merge:
+                with open(args.output) as handle:
+                    results = json.load(handle) | {args.only: result}
+                with open(args.output, "w") as handle:
+                    json.dump(results, handle, indent=2)
             return
         sizes = {name: os.path.getsize(path) for name, path in paths.items()}
         sizes["dense_external_data"] = os.path.getsize(paths["dense_external"] + ".data")
@@ -328,6 +449,7 @@ def main():
             "file_bytes": sizes,
             "cpu": cpu_case(paths),
             "http": http_case(paths),
+            "reload": reload_case(paths),
             "memory_mib": {
                 "dense_50mb_embedded_two_workers": probe("onnx", paths["dense_embedded"], 2),
                 "dense_50mb_external_two_workers": probe("onnx", paths["dense_external"], 2),
