@@ -13,6 +13,7 @@ from mlapi.api.schemas import FeatureRow, Features, Instances, PredictBody
 from mlapi.errors import ValidationProblem, error_item, from_pydantic, invalid
 
 FEATURE_ROW = TypeAdapter(FeatureRow)
+BARE_ROW = "mlapi.bare_row"  # where a request keeps its body's row (or None)
 
 
 def body(schema):
@@ -98,6 +99,13 @@ def bare_row():
     applied to the same JSON): whatever it does not accept takes the general path,
     which parses the body again and explains the error in the usual words.
     """
+    environ = request.environ
+    if BARE_ROW not in environ:  # read once per request (/predict-cached's key reads it too)
+        environ[BARE_ROW] = _bare_row()
+    return environ[BARE_ROW]
+
+
+def _bare_row():
     if not request.is_json:
         return None
     data = request.get_data()
