@@ -171,25 +171,26 @@ class Budget:
         401 when the token is no longer accepted. The cached value of ``cache_key``,
         when read in the same round trip, goes to ``g.prefetched_cache``.
         """
-        g.budget_headers_here = own_headers
         item = self.item()
         args = [a for a in (self.key_prefix, f"user:{get_jwt_identity()}", SCOPE) if a]
         key = item.key_for(*args)
         # Redis only when flask-limiter counts there too (MLAPI_REDIS_URL, and no other
         # RATELIMIT_STORAGE_URI), so every limit is counted in one place.
         shared = self.redis is not None and hasattr(limiter.storage, "prefixed_key")
+        window = None
         if shared and self.breaker.closed:
             import redis
 
             try:
-                self._spend_in_redis(item, key, cost, stamp, recheck, cache_key)
-                return
-            except (redis.exceptions.RedisError, OSError):  # not the 401s and 429s it raises
+                window = self._spend_in_redis(item, key, cost, stamp, recheck, cache_key)
+            except (redis.exceptions.RedisError, OSError):  # not the 401s it raises
                 self.breaker.trip()
                 log.warning("prediction budget counted in memory: Redis failed", exc_info=True)
-        if stamp is not None:
-            recheck(None)  # the user came from the cache and Redis cannot vouch for it
-        self._spend_in_memory(item, args, cost)
+        if window is None:
+            if stamp is not None:
+                recheck(None)  # the user came from the cache and Redis cannot vouch for it
+            window = self._spend_in_memory(item, args, cost)
+        self._finish(window, own_headers)
 
     def _spend_in_redis(self, item, key, cost, stamp, recheck, cache_key):
         # The storage's own prefix, so this list is the one limits' RedisStorage keeps.
@@ -216,7 +217,7 @@ class Budget:
         window = Window(item, bool(accepted), remaining, end, float(now))
         if cache_key is not None:
             g.prefetched_cache = {cache_key: cached or None}
-        self._finish(window)
+        return window
 
     def _run(self, keys, argv):
         import redis
@@ -255,10 +256,10 @@ class Budget:
         strategy = self._fallback if shared else self.memory()
         accepted = strategy.hit(item, *args, cost=cost)
         reset_at, remaining = strategy.get_window_stats(item, *args)
-        self._finish(Window(item, accepted, remaining, reset_at, time.time()))
+        return Window(item, accepted, remaining, reset_at, time.time())
 
-    def _finish(self, window):
-        if window.accepted and g.pop("budget_headers_here", False):
+    def _finish(self, window, own_headers):
+        if window.accepted and own_headers:
             request.environ[EXTRA_HEADERS] = window.headers()
             return
         g.prediction_budget = window

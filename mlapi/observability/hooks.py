@@ -60,11 +60,6 @@ def allowing_route(exc):
     return cached
 
 
-def request_id():
-    """This request's id (the client's X-Request-ID when well formed, else a new one)."""
-    return request.environ.get(ID)
-
-
 def name_route(response):
     request.environ[ROUTE] = route()
     return response
