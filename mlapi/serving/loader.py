@@ -16,7 +16,7 @@ from mlapi.serving import repository
 from mlapi.serving.datatypes import NUMPY_DTYPES
 from mlapi.serving.errors import ModelLoadError, PredictionError, error_item
 from mlapi.serving.loading import MODEL_SUFFIXES, PICKLE_SUFFIXES, load_file
-from mlapi.serving.models import BUILTIN_NAMES, BUILTINS
+from mlapi.serving.models import BUILTIN_NAMES, BUILTINS, feature_count_problem
 from mlapi.serving.onnx import load_onnx
 from mlapi.serving.registry import Snapshot
 
@@ -69,11 +69,7 @@ class GraphModel:
             )
         width = spec.shape[1]
         if width != -1 and batch.shape[1] != width:
-            kind = "too_short" if batch.shape[1] < width else "too_long"
-            raise PredictionError(
-                f"Model {self.name!r} accepts exactly {width} features, got {batch.shape[1]}.",
-                [error_item("/", f"exactly {width} items", kind)],
-            )
+            raise feature_count_problem(self.name, batch.shape[1], exactly=width)
         with np.errstate(over="ignore"):
             rows = batch.astype(NUMPY_DTYPES[spec.datatype])
         if not np.isfinite(rows).all():

@@ -105,9 +105,9 @@ class Model:
         """Predict one value per row of ``batch``; every value is finite, or PredictionError."""
         width = batch.shape[1]
         if self.n_features is not None and width != self.n_features:
-            raise _feature_count_problem(self, f"exactly {self.n_features}", width)
+            raise feature_count_problem(self.name, width, exactly=self.n_features)
         if self.max_features is not None and width > self.max_features:
-            raise _feature_count_problem(self, f"at most {self.max_features}", width)
+            raise feature_count_problem(self.name, width, at_most=self.max_features)
         with np.errstate(over="ignore", invalid="ignore"):
             values = np.asarray(self.predict_fn(batch), dtype=np.float64)
         if values.shape != (batch.shape[0],):
@@ -131,10 +131,12 @@ class Model:
         return values
 
 
-def _feature_count_problem(model, bound, width):
-    kind = "too_short" if model.n_features is not None and width < model.n_features else "too_long"
+def feature_count_problem(name, width, exactly=None, at_most=None):
+    """The 422 for a row of ``width`` features that model ``name`` cannot take."""
+    bound = f"exactly {exactly}" if exactly is not None else f"at most {at_most}"
+    kind = "too_short" if exactly is not None and width < exactly else "too_long"
     return PredictionError(
-        f"Model {model.name!r} accepts {bound} features, got {width}.",
+        f"Model {name!r} accepts {bound} features, got {width}.",
         [error_item("/", f"{bound} items", kind)],
     )
 
