@@ -1,16 +1,21 @@
 """Helpers and data that tests share (pytest advises against importing from conftest)."""
 
 import functools
+import json
 import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from mlapi import users
 
+ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("MLAPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
     "MLAPI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -180,3 +185,19 @@ def tracing_by_worker(server, scrapes=20):
         if workers <= seen.keys():
             break
     return seen
+
+
+def run_probe(script, *args, env):
+    """Run ``script`` with ``args`` in a fresh interpreter at the repository's root, with
+    only ``env``; the JSON of each line it prints as ``PROBE <json>``."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    return [json.loads(line.removeprefix("PROBE ")) for line in lines if line.startswith("PROBE ")]

@@ -10,7 +10,7 @@ import pytest
 
 from config import ConfigurationError
 from mlapi.observability.tracing import exporters
-from tests.helpers import require_service
+from tests.helpers import require_service, run_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,18 +108,8 @@ print("PROBE", json.dumps({"statuses": statuses, "loaded": loaded}))
 
 
 def probe(tmp_path, **otel):
-    env = {"PATH": "/usr/bin:/bin", **otel}
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    [line] = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
-    return json.loads(line.removeprefix("PROBE "))
+    [report] = run_probe(PROBE, str(tmp_path), env={"PATH": "/usr/bin:/bin", **otel})
+    return report
 
 
 def test_tracing_off_imports_no_opentelemetry_module(tmp_path):

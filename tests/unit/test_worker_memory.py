@@ -1,7 +1,6 @@
 """What a worker loads: modules that only some requests need stay out, also after it has
 served a login and a prediction (each costs every worker memory; docs/operations.md)."""
 
-import json
 import os
 import secrets
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, run_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,18 +73,8 @@ def serve(tmp_path, *paths, **settings):
         **{f"MLAPI_{key}": value for key, value in settings.items()},
     }
     (tmp_path / "models").mkdir()
-    for step in ("setup", "serve"):
-        out = subprocess.run(
-            [sys.executable, "-c", PROBE, step, PASSWORD, *paths],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-    [line] = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]
-    report = json.loads(line.removeprefix("PROBE "))
+    assert run_probe(PROBE, "setup", PASSWORD, *paths, env=env) == []
+    [report] = run_probe(PROBE, "serve", PASSWORD, *paths, env=env)
     assert report["statuses"] == [200, 200] + [200] * len(paths)
     return report
 
