@@ -58,6 +58,10 @@ class GraphModel:
     def infer(self, inputs):
         return self.runtime.predict(inputs)
 
+    def predict_row(self, row):
+        """A graph always takes its rows as an array (:meth:`predict`)."""
+        return None
+
     def predict(self, batch):
         """Feature vectors (a float64 batch) in, one value per row out, for a regressor
         graph: one FP32 or FP64 input of shape [batch, features], and a first output of

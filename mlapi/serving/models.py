@@ -4,6 +4,7 @@ The math of the built-in models and of the linear and logistic models read from 
 (mlapi/serving/loading.py) lives here; every prediction goes through :meth:`Model.predict`.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -57,6 +58,9 @@ class Model:
     max_batch_size: int | None = None
     # The file's own input name, accepted too where config.json names the input otherwise.
     input_alias: str | None = None
+    # One row (a list of floats) to its value in plain Python, with the bits ``predict_fn``
+    # gives it; None where that function must take the row (see :meth:`predict_row`).
+    row_fn: Callable[[list], float | None] | None = None
     platform = "numpy"
 
     @property
@@ -100,6 +104,20 @@ class Model:
         """The exact number of features the model takes, or None when it varies."""
         width = self.input_tensor.shape[-1]
         return None if width == -1 else width
+
+    def predict_row(self, row):
+        """The value of one row of floats without building an array, or None: then
+        :meth:`predict` takes the row (as a batch of one) and says what is wrong with it.
+
+        A single row is the common request, and numpy's per-call overhead costs more than
+        the arithmetic of a small model. Only a finite value in bounds comes back here.
+        """
+        if self.row_fn is None:
+            return None
+        width = len(row)
+        if width != (self.n_features or width) or width > (self.max_features or width):
+            return None
+        return self.row_fn(row)
 
     def predict(self, batch):
         """Predict one value per row of ``batch``; every value is finite, or PredictionError."""
@@ -166,6 +184,22 @@ def _average(batch, weights):
     return np.average(batch, axis=1, weights=weights)
 
 
+def row_average(row):
+    """The mean of one short row, the same bits as :func:`safe_average` gives it; None for a
+    row of 8 or more values, or a sum that overflows (the batch path handles both).
+
+    Below 8 values numpy's pairwise summation adds left to right from 0.0, as this loop
+    does (tests/unit/test_models.py compares the two on adversarial rows).
+    """
+    if len(row) >= 8:
+        return None
+    total = 0.0
+    for value in row:
+        total += value
+    mean = total / len(row)
+    return mean if -math.inf < mean < math.inf else None
+
+
 def weights_for(n_features):
     """The v2 weights, cut to the number of features."""
     return list(V2_WEIGHTS[:n_features])
@@ -197,7 +231,13 @@ def sigmoid(z):
 
 
 BUILTINS = (
-    Model("average", "1.0", "Arithmetic mean of the features (the v1 method).", safe_average),
+    Model(
+        "average",
+        "1.0",
+        "Arithmetic mean of the features (the v1 method).",
+        safe_average,
+        row_fn=row_average,
+    ),
     Model(
         "weighted_average",
         "2.0",

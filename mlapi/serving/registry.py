@@ -132,6 +132,9 @@ class ModelRegistry:
     def predict(self, name, batch, version=None):
         """Run model ``name`` on a 2-D batch, recording its latency; return the model and values."""
         model = self.get(name, version)
+        return model, self._predict(model, batch)
+
+    def _predict(self, model, batch):
         started = time.perf_counter()
         ok = False
         try:
@@ -140,22 +143,30 @@ class ModelRegistry:
         finally:
             if self.observe:
                 self.observe(model, time.perf_counter() - started, len(batch), ok)
-        return model, values
+        return values
 
     def predict_one(self, name, features):
         """Predict for one feature vector; returns (model, float)."""
-        model, values = self.predict(name, np.asarray(features, dtype=np.float64).reshape(1, -1))
-        return model, float(values[0])
+        model, values = self.predict_rows(name, [features])
+        return model, values[0]
 
     def predict_rows(self, name, rows):
         """Predict for a list of equal-length feature vectors in one call; returns (model, floats).
 
-        A single vector is a batch of one row: both take this same path, so a row's
-        prediction does not depend on the batch it came in.
+        A single vector is a batch of one row: a row's prediction does not depend on the
+        batch it came in. A model that computes one row without numpy
+        (:meth:`Model.predict_row`) does so here, with the same bits.
         """
+        model = self.get(name)
+        if len(rows) == 1:
+            started = time.perf_counter()
+            value = model.predict_row(rows[0])
+            if value is not None:
+                if self.observe:
+                    self.observe(model, time.perf_counter() - started, 1, True)
+                return model, [value]
         batch = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
-        model, values = self.predict(name, batch)
-        return model, values.tolist()
+        return model, self._predict(model, batch).tolist()
 
 
 def _rows(inputs):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import random
+import struct
 
 import numpy as np
 import pytest
@@ -70,6 +72,44 @@ def test_safe_average_stays_finite_near_the_float_maximum():
     out = ModelRegistry().get("average").predict(batch)
     assert out[0] == pytest.approx(1.7e308)
     assert out[1] == 2.0
+
+
+def _bits(value):
+    return struct.pack("<d", value)
+
+
+def test_a_single_row_gets_the_same_bits_without_numpy_as_in_a_batch():
+    """average's plain-Python row path (Model.predict_row) against numpy's batch path on
+    rows built to expose any difference in summation order: huge and tiny magnitudes,
+    cancellation, signed zeros, subnormals and sums that overflow (which the row path
+    leaves to the batch path). Python 3.12's sum() compensates; this loop must not."""
+    rng = random.Random(13)
+    pool = [1e16, -1e16, 1.0, 3.0, 1e-3, -0.0, 0.0, 5e-324, 1e308, -1e308, 0.1, -0.7]
+    registry = ModelRegistry()
+    model = registry.get("average")
+    taken = declined = 0
+    for _ in range(20_000):
+        row = [
+            rng.choice([*pool, rng.uniform(-1e17, 1e17), rng.uniform(-10, 10)])
+            for _ in range(rng.randint(1, 9))
+        ]
+        fast = model.predict_row(row)
+        batch = model.predict(np.asarray([row], dtype=np.float64)).tolist()[0]
+        if fast is None:
+            declined += 1
+            continue
+        taken += 1
+        assert _bits(fast) == _bits(batch), row
+        assert registry.predict_rows("average", [row])[1] == [batch]
+    assert taken > 10_000 and declined > 1_000  # both paths were exercised
+
+
+def test_the_row_path_leaves_wrong_widths_to_the_batch_path():
+    """A row the model cannot take is refused with the batch path's own 422."""
+    registry = ModelRegistry()
+    assert registry.get("weighted_average").predict_row([1.0] * 5) is None
+    with pytest.raises(PredictionError, match="at most 4 features"):
+        registry.predict_rows("weighted_average", [[1.0] * 5])
 
 
 def test_json_linear_model_loads_and_predicts_x_dot_w_plus_b(model_dir):
