@@ -20,7 +20,6 @@ flask-limiter's fallback does.
 
 import logging
 import math
-import secrets
 import threading
 import time
 
@@ -33,6 +32,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from mlapi import identity
 from mlapi.extensions import limiter
+from mlapi.ids import unique_id
 from mlapi.observability.hooks import EXTRA_HEADERS
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class Budget:
             active[0],
         ]
         argv = [stamp or "", item.amount, item.get_expiry(), cost]
-        argv += ["1" if cache_key is not None else "", active[1], secrets.token_hex(8)]
+        argv += ["1" if cache_key is not None else "", active[1], unique_id()]
         result = self._run(keys, argv)
         if result[0] == -1:
             generation = result[1].decode() if result[1] else None

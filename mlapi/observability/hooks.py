@@ -9,11 +9,11 @@ WSGI environ, where the middleware, the logs and gunicorn's access line read it.
 
 import re
 import time
-import uuid
 
 from flask import current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from mlapi.ids import unique_id
 from mlapi.observability.metrics import (
     IN_FLIGHT,
     RATE_LIMITED,
@@ -80,7 +80,7 @@ class RequestObserver:
         started = time.perf_counter()
         counted = environ.get("PATH_INFO") not in self.uncounted
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        rid = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        rid = incoming if REQUEST_ID.match(incoming) else unique_id()
         environ[ID] = rid
 
         def start(status, headers, exc_info=None):
