@@ -23,6 +23,18 @@ REVOKED = "The bearer token has been revoked."
 INACTIVE = "The user of this token no longer exists, is disabled, or changed their password."
 
 
+def token_required(view):
+    """``@jwt_required()``: an access token, verified by :func:`token_cache.verify_request`
+    (flask-jwt-extended's checks, without decoding a token this worker already verified)."""
+
+    @wraps(view)
+    def decorator(*args, **kwargs):
+        token_cache.verify_request()
+        return current_app.ensure_sync(view)(*args, **kwargs)
+
+    return decorator
+
+
 def admin_required(view):
     """Allow only users whose role, read from the database on this request, is admin."""
 

@@ -26,7 +26,7 @@ def by_address():
 
 
 def by_user():
-    """The authenticated user; views put ``@jwt_required()`` above their limits."""
+    """The authenticated user; views put ``@token_required`` (mlapi.auth) above their limits."""
     return f"user:{get_jwt_identity()}"
 
 

@@ -16,14 +16,19 @@ by tests/unit/test_token_cache.py:
 
 Everything else (blocklist, user lookup, token type, freshness, claims verification,
 ``current_user``) is flask-jwt-extended's, as before.
+
+:func:`verify_request` is ``verify_jwt_in_request()`` for views that take an access token:
+a token this worker already verified, sent the one way the library would read it, goes
+straight to the library's own checks, in its order, and is kept where it keeps it. Any
+other request is the library's from the start.
 """
 
 import threading
 import time
 
 import jwt as pyjwt
-from flask import current_app
-from flask_jwt_extended import utils, view_decorators
+from flask import current_app, g, request
+from flask_jwt_extended import internal_utils, utils, view_decorators
 from flask_jwt_extended.config import config
 from flask_jwt_extended.default_callbacks import default_decode_key_callback
 from flask_jwt_extended.exceptions import JWTDecodeError
@@ -122,6 +127,65 @@ class SingleParseDecoder:
         return dict(claims)
 
 
+# The only token location and header form :func:`kept_bearer` reads itself.
+HEADERS_ONLY = ("headers", ["headers"], ("headers",))
+
+
+def kept_bearer():
+    """The (header, claims) of the request's bearer token when this worker verified it
+    before and its time claims still hold; None for anything else.
+
+    Only where flask-jwt-extended reads tokens from ``Authorization: Bearer <token>``
+    alone, and with its own decode key: then a kept token, which is a well-formed JWT
+    (base64url and dots, no space or comma), is the one the library would extract from
+    this header, and the one its decoder (:class:`SingleParseDecoder`) would return.
+    """
+    settings = current_app.config
+    if (
+        request.method in config.exempt_methods
+        or settings["JWT_TOKEN_LOCATION"] not in HEADERS_ONLY
+        or settings["JWT_HEADER_NAME"] != "Authorization"
+        or settings["JWT_HEADER_TYPE"] != "Bearer"
+    ):
+        return None
+    tokens = _tokens()
+    manager = current_app.extensions["flask-jwt-extended"]
+    raw = request.environ.get("HTTP_AUTHORIZATION", "")
+    if (
+        tokens is None
+        or not raw.startswith("Bearer ")
+        or manager._decode_key_callback is not default_decode_key_callback
+    ):
+        return None
+    entry = tokens.get(raw[7:])
+    return None if entry is None else (dict(entry[0]), dict(entry[1]))
+
+
+def verify_request():
+    """``verify_jwt_in_request()`` (an access token, not fresh, revocation checked).
+
+    For a kept token (:func:`kept_bearer`) it runs the rest of the library's function:
+    the same checks in the same order (token type, blocklist, claims verification, user
+    lookup), which raise the library's own errors to its error loaders, then keeps the
+    token, its header and its user in ``g`` under the library's names (private names of
+    flask-jwt-extended 4.7, pinned; tests/unit/test_pinned_internals.py), where
+    ``get_jwt()`` and ``current_user`` read them. What it skips is only finding the token
+    and decoding it again.
+    """
+    kept = kept_bearer()
+    if kept is None:
+        library_verify()
+        return
+    header, claims = kept
+    internal_utils.verify_token_type(claims, refresh=False)
+    internal_utils.verify_token_not_blocklisted(header, claims)
+    internal_utils.custom_verification_for_token(header, claims)
+    g._jwt_extended_jwt_user = view_decorators._load_user(header, claims)
+    g._jwt_extended_jwt_header = header
+    g._jwt_extended_jwt = claims
+    g._jwt_extended_jwt_location = "headers"
+
+
 def unverified_header(encoded_token):
     """``get_unverified_jwt_headers``: a kept token's header, else the library's answer."""
     tokens = _tokens()
@@ -132,6 +196,9 @@ def unverified_header(encoded_token):
 
 
 library_unverified_header = utils.get_unverified_jwt_headers
+# As imported, before tracing (mlapi/observability/tracing.py) wraps the module's name in a
+# span: verify_request is wrapped itself, and must not make a second span when it falls back.
+library_verify = view_decorators.verify_jwt_in_request
 
 
 def init_app(app, manager):

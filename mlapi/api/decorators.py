@@ -4,12 +4,11 @@ makes a view an authenticated, limited and documented prediction endpoint."""
 from functools import wraps
 
 from flask import g
-from flask_jwt_extended import jwt_required
 
 from mlapi.api.bodies import batch_cost
 from mlapi.api.docs import Response, describe
 from mlapi.api.schemas import Problem
-from mlapi.auth import recheck
+from mlapi.auth import recheck, token_required
 from mlapi.budget import budget
 
 PROBLEMS = {f"HTTP_{code}": Problem for code in (400, 401, 413, 415, 422, 429)}
@@ -51,6 +50,6 @@ def prediction(out, tags=("predict",), limits=(), cache_key=None):
         view = per_user_predictions(view, cache_key=cache_key, own_headers=not limits)
         for limit in reversed(limits):
             view = limit(view)
-        return jwt_required()(view)
+        return token_required(view)
 
     return decorate

@@ -14,7 +14,7 @@ whatever the Content-Type (tritonclient sends none).
 import math
 
 from flask import Blueprint, current_app, g, request
-from flask_jwt_extended import current_user, jwt_required
+from flask_jwt_extended import current_user
 from werkzeug.exceptions import HTTPException
 
 from mlapi.api import health
@@ -34,7 +34,7 @@ from mlapi.api.schemas import (
     ServerMetadata,
     ServerReady,
 )
-from mlapi.auth import admin_required
+from mlapi.auth import admin_required, token_required
 from mlapi.errors import ProtocolError
 from mlapi.extensions import limiter
 from mlapi.observability.metrics import count_prediction, model_statistics
@@ -120,7 +120,7 @@ def model_ready(name, version=None):
 
 @bp.get("/models/<name>")
 @bp.get("/models/<name>/versions/<version>")
-@jwt_required()
+@token_required
 @per_user_predictions
 @documented(ModelMetadata, {**PROTOCOL_ERRORS, **AUTH_ERRORS}, authenticated=True)
 def model_metadata(name, version=None):
@@ -143,7 +143,7 @@ def model_metadata(name, version=None):
 
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
-@jwt_required()
+@token_required
 @per_user_predictions
 @documented(InferResponse, {**PROTOCOL_ERRORS, **AUTH_ERRORS}, InferRequest, authenticated=True)
 def infer(name, version=None):
@@ -173,7 +173,7 @@ def infer(name, version=None):
 
 @bp.get("/models/<name>/stats")
 @bp.get("/models/<name>/versions/<version>/stats")
-@jwt_required()
+@token_required
 @documented(ModelStatistics, {**PROTOCOL_ERRORS, **AUTH_ERRORS}, authenticated=True)
 def model_stats(name, version=None):
     """Statistics of a model's versions, summed over every worker (the Prometheus counters)."""
@@ -187,7 +187,7 @@ def model_stats(name, version=None):
 
 
 @bp.post("/repository/index")
-@jwt_required()
+@token_required
 @admin_required
 @documented(RepositoryList, ADMIN_ERRORS, authenticated=True)
 def repository_index():
@@ -197,7 +197,7 @@ def repository_index():
 
 
 @bp.post("/repository/models/<name>/load")
-@jwt_required()
+@token_required
 @admin_required
 @documented(RepositoryIndex, {**PROTOCOL_ERRORS, **ADMIN_ERRORS}, authenticated=True)
 def repository_load(name):
@@ -213,7 +213,7 @@ def repository_load(name):
 
 
 @bp.post("/repository/models/<name>/unload")
-@jwt_required()
+@token_required
 @admin_required
 @documented(RepositoryIndex, {**PROTOCOL_ERRORS, **ADMIN_ERRORS}, authenticated=True)
 def repository_unload(name):

@@ -1,7 +1,7 @@
 """The tutorial's unversioned endpoints."""
 
 from flask import Blueprint, current_app, request
-from flask_jwt_extended import current_user, jwt_required
+from flask_jwt_extended import current_user
 
 from mlapi.api.bodies import body, read
 from mlapi.api.decorators import PROBLEMS, prediction
@@ -16,7 +16,7 @@ from mlapi.api.schemas import (
     ServiceIndex,
     UserPrediction,
 )
-from mlapi.auth import admin_required
+from mlapi.auth import admin_required, token_required
 from mlapi.extensions import limiter
 from mlapi.limits import by_address, by_user, config_limit, remaining
 from mlapi.observability.metrics import count_prediction
@@ -105,7 +105,7 @@ def predict_cached(features):
 
 
 @bp.delete("/cache/invalidate")
-@jwt_required()
+@token_required
 @admin_required
 @describe(
     resp=Response(HTTP_200=Message, **PROBLEMS, HTTP_403=Problem),

@@ -30,7 +30,7 @@ from mlapi.api.schemas import (
     TokenResponse,
     UserOut,
 )
-from mlapi.auth import verify_token_shape
+from mlapi.auth import token_required, verify_token_shape
 from mlapi.errors import PROBLEM_MIMETYPE, TokenRequestError, ValidationProblem, error_item
 from mlapi.extensions import limiter
 from mlapi.limits import config_limit
@@ -131,7 +131,7 @@ def add_oauth_error(response):
 
 
 @bp.post("/logout")
-@jwt_required()
+@token_required
 @describe(
     resp=Response(HTTP_200=Message, HTTP_401=Problem, HTTP_503=Problem),
     tags=["auth"],
@@ -210,7 +210,7 @@ def issue_tokens(user, claims, refresh=True):
 
 
 @bp.get("/users/me")
-@jwt_required()
+@token_required
 @describe(resp=Response(HTTP_200=UserOut, HTTP_401=Problem), tags=["auth"], security={"bearer": []})
 def read_users_me():
     """The authenticated user's profile."""

@@ -223,8 +223,14 @@ def _spanned(tracer, name, fn):
 
 def _trace_auth(tracer):
     # jwt_required() calls the module-level verify_jwt_in_request of this module (a public
-    # module of flask-jwt-extended, pinned; tests/system/test_tracing_otlp.py checks the span).
+    # module of flask-jwt-extended, pinned; tests/system/test_tracing_otlp.py checks the span);
+    # mlapi's token_required() calls token_cache.verify_request.
     from flask_jwt_extended import view_decorators
+
+    from mlapi import token_cache
+
+    if not getattr(token_cache.verify_request, "mlapi_traced", False):
+        token_cache.verify_request = _spanned(tracer, "mlapi.auth", token_cache.verify_request)
 
     if not getattr(view_decorators.verify_jwt_in_request, "mlapi_traced", False):
         view_decorators.verify_jwt_in_request = _spanned(
@@ -246,21 +252,20 @@ def _trace_budget(tracer, budget):
 
 
 def _trace_models(tracer, registry):
-    predict = registry.predict
-    if getattr(predict, "mlapi_traced", False):
+    run = registry.run
+    if getattr(run, "mlapi_traced", False):
         return
 
-    @functools.wraps(predict)
-    def traced_predict(name, batch, version=None):
+    @functools.wraps(run)
+    def traced_run(model, rows, as_list=False):
         with tracer.start_as_current_span("mlapi.model.predict") as span:
-            span.set_attribute("mlapi.model.name", name)
-            span.set_attribute("mlapi.model.rows", len(batch))
-            model, values = predict(name, batch, version)
+            span.set_attribute("mlapi.model.name", model.name)
+            span.set_attribute("mlapi.model.rows", len(rows))
             span.set_attribute("mlapi.model.version", model.version)
-            return model, values
+            return run(model, rows, as_list)
 
-    traced_predict.mlapi_traced = True
-    registry.predict = traced_predict
+    traced_run.mlapi_traced = True
+    registry.run = traced_run
 
 
 def _trace_cache(tracer, prediction_cache):

@@ -132,18 +132,7 @@ class ModelRegistry:
     def predict(self, name, batch, version=None):
         """Run model ``name`` on a 2-D batch, recording its latency; return the model and values."""
         model = self.get(name, version)
-        return model, self._predict(model, batch)
-
-    def _predict(self, model, batch):
-        started = time.perf_counter()
-        ok = False
-        try:
-            values = model.predict(batch)
-            ok = True
-        finally:
-            if self.observe:
-                self.observe(model, time.perf_counter() - started, len(batch), ok)
-        return values
+        return model, self.run(model, batch)
 
     def predict_one(self, name, features):
         """Predict for one feature vector; returns (model, float)."""
@@ -154,19 +143,34 @@ class ModelRegistry:
         """Predict for a list of equal-length feature vectors in one call; returns (model, floats).
 
         A single vector is a batch of one row: a row's prediction does not depend on the
-        batch it came in. A model that computes one row without numpy
-        (:meth:`Model.predict_row`) does so here, with the same bits.
+        batch it came in.
         """
         model = self.get(name)
-        if len(rows) == 1:
-            started = time.perf_counter()
-            value = model.predict_row(rows[0])
-            if value is not None:
-                if self.observe:
-                    self.observe(model, time.perf_counter() - started, 1, True)
-                return model, [value]
-        batch = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
-        return model, self._predict(model, batch).tolist()
+        return model, self.run(model, rows, as_list=True)
+
+    def run(self, model, rows, as_list=False):
+        """``model``'s values for ``rows``, a 2-D batch (or with ``as_list`` a list of rows,
+        answered as a list of floats), timed and observed. Every model call goes through
+        here, and tracing makes it a span (mlapi/observability/tracing.py)."""
+        started = time.perf_counter()
+        ok = False
+        try:
+            values = _values_as_list(model, rows) if as_list else model.predict(rows)
+            ok = True
+        finally:
+            if self.observe:
+                self.observe(model, time.perf_counter() - started, len(rows), ok)
+        return values
+
+
+def _values_as_list(model, rows):
+    """The values of a list of rows, as floats. A single row is computed without numpy
+    where the model can (``Model.predict_row``, the same bits as its batch path)."""
+    if len(rows) == 1:
+        value = model.predict_row(rows[0])
+        if value is not None:
+            return [value]
+    return model.predict(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)).tolist()
 
 
 def _rows(inputs):

@@ -85,3 +85,91 @@ def test_each_app_keeps_its_own_tokens(make_app):
     other = make_app(SECRET_KEY="another-secret-key-that-is-at-least-32-bytes")
     other_client, _ = client_for(other, "bob")
     assert_problem(other_client.post("/v1/predict", json=BODY, headers=headers), 401)
+
+
+def test_the_library_keeps_a_verified_request_where_verify_request_keeps_it():
+    """mlapi.token_cache.verify_request runs the rest of verify_jwt_in_request itself, so it
+    relies on the library's check order, its _load_user and its four names in ``g``."""
+    source = inspect.getsource(view_decorators.verify_jwt_in_request)
+    for name in ("user", "header", "", "location"):
+        attribute = "_jwt_extended_jwt" + (f"_{name}" if name else "")
+        assert f"g.{attribute} = " in source
+    assert "g._jwt_extended_jwt_user = _load_user(jwt_header, jwt_data)" in source
+    checks = inspect.getsource(view_decorators._decode_jwt_from_request)
+    order = [
+        checks.index("verify_token_type(decoded_token, refresh)"),
+        checks.index("verify_token_not_blocklisted(jwt_header, decoded_token)"),
+        checks.index("custom_verification_for_token(jwt_header, decoded_token)"),
+    ]
+    assert order == sorted(order)
+    assert list(inspect.signature(view_decorators._load_user).parameters) == [
+        "jwt_header",
+        "jwt_data",
+    ]
+
+
+def _verified_state(app, headers, verify):
+    from flask import g
+    from flask_jwt_extended import current_user, get_jwt, get_jwt_header
+
+    with app.test_request_context("/v1/predict", method="POST", headers=headers):
+        verify()
+        return (
+            get_jwt(),
+            get_jwt_header(),
+            g._jwt_extended_jwt_location,
+            current_user.username,
+        )
+
+
+def test_a_kept_token_leaves_the_request_as_the_library_does(make_app):
+    """The same claims, header, location and current_user as verify_jwt_in_request()."""
+    from mlapi import token_cache
+
+    app = make_app()
+    client, headers = client_for(app)
+    assert client.post("/v1/predict", json=BODY, headers=headers).status_code == 200
+    with app.test_request_context("/v1/predict", method="POST", headers=headers):
+        assert token_cache.kept_bearer() is not None
+    ours = _verified_state(app, headers, token_cache.verify_request)
+    library = _verified_state(app, headers, view_decorators.verify_jwt_in_request)
+    assert ours == library
+    assert ours[2] == "headers" and ours[3] == "alice"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bearer {t}", "Bearer  {t}", "Bearer {t} ", "Bearer {t}, Basic x", "Basic x, Bearer {t}"],
+)
+def test_other_header_forms_are_read_by_the_library(make_app, header):
+    """Only ``Bearer <token>`` exactly takes the kept path; the library reads the rest."""
+    from mlapi import token_cache
+
+    app = make_app()
+    client, headers = client_for(app)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    assert client.post("/v1/predict", json=BODY, headers=headers).status_code == 200
+    other = {"Authorization": header.format(t=token)}
+    with app.test_request_context("/v1/predict", method="POST", headers=other):
+        assert token_cache.kept_bearer() is None
+    # Each form names the same token to the library, which accepts it.
+    assert client.post("/v1/predict", json=BODY, headers=other).status_code == 200
+
+
+def test_a_kept_refresh_token_is_refused_on_a_prediction_as_before(make_app):
+    """The token type is checked on the kept path too, with the library's own answer."""
+    from mlapi import token_cache
+    from tests.helpers import PASSWORD
+
+    app = make_app()
+    client, _ = client_for(app)
+
+    tokens = client.post("/token", data={"username": "alice", "password": PASSWORD}).get_json()
+    refresh = {"Authorization": f"Bearer {tokens['refresh_token']}"}
+    before = assert_problem(client.post("/v1/predict", json=BODY, headers=refresh), 401)
+    # Now kept by the worker (a refresh verifies it), then refused again, in the same words.
+    assert client.post("/token/refresh", headers=refresh).status_code == 200
+    with app.test_request_context("/v1/predict", method="POST", headers=refresh):
+        assert token_cache.kept_bearer() is not None
+    after = assert_problem(client.post("/v1/predict", json=BODY, headers=refresh), 401)
+    assert before["detail"] == after["detail"]
