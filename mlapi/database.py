@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 import sqlalchemy as sa
-from flask import current_app, has_app_context
+from flask import current_app
 
 from mlapi.extensions import db
 
@@ -54,8 +54,8 @@ def identity_change():
     """
     with db.engine.begin() as conn:
         yield conn
-    principals = current_app.extensions.get("mlapi.principals") if has_app_context() else None
-    if principals is not None:
+    principals = current_app.extensions.get("mlapi.principals")
+    if principals is not None:  # identity.init_app sets it
         principals.changed()
 
 
