@@ -1,4 +1,8 @@
-"""The SQL database: the schema, migrated on first use (config.py sets up the engine).
+"""The SQL database: the engine, the schema migrated on first use, and the one way to
+change users or revocations (config.py derives the engine's settings).
+
+The request path uses SQLAlchemy Core only: tables on ``db.metadata`` (mlapi.users,
+mlapi.revocation) and connections of an engine built here, without an ORM session.
 
 The schema is managed by Alembic (Flask-Migrate). Every process that starts
 checks the database's revision against the newest migration; if they differ it
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import click
 import sqlalchemy as sa
+from flask import current_app
 
 from mlapi.extensions import db
 
@@ -38,14 +43,20 @@ def unavailable_reason(exc):
     return lines[0].strip().rstrip(".")[:200]
 
 
-def discard_session(_exc=None):
-    """End the request's session; a rollback the database cannot answer (it froze after
-    the last query) costs its deadline, then the connection is dropped, never an error."""
-    try:
-        db.session.remove()
-    except UNAVAILABLE as exc:
-        log.warning("session rollback failed (%s); connection dropped", unavailable_reason(exc))
-        db.session.registry.clear()
+@contextlib.contextmanager
+def identity_change():
+    """A transaction that changes users or revocations: committed at the end of the
+    block, then announced to every worker (mlapi.identity), or rolled back on an error.
+
+    Every write to those tables goes through here: it is the one place that announces
+    them, so each worker's cache of token users (mlapi.identity) sees the change on its
+    next request.
+    """
+    with db.engine.begin() as conn:
+        yield conn
+    principals = current_app.extensions.get("mlapi.principals")
+    if principals is not None:  # identity.init_app sets it
+        principals.changed()
 
 
 class MigrationRefused(RuntimeError):
@@ -149,20 +160,60 @@ def ensure_schema(app):
             upgrade(directory=MIGRATIONS)
 
 
-def init_app(app):
-    """Bind the database (config.py derived its SQLALCHEMY_* settings) and migrate it."""
-    make_private_folder(app.instance_path)
-    create_sqlite_file(app.config["SQLALCHEMY_DATABASE_URI"])
-    db.init_app(app)
-    # Registered after Flask-SQLAlchemy's own teardown, so it runs first (reverse order).
-    app.teardown_appcontext(discard_session)
-    with app.app_context():
-        if db.engine.dialect.driver == "psycopg":
-            # Imported only here: SQLite deployments do without psycopg.
-            from mlapi.postgres import connect_with_deadline
+def engine_arguments(url, options, instance_path):
+    """The URL and options to build the engine with: ``options`` plus the defaults
+    Flask-SQLAlchemy 3.1 gave, which mlapi relied on before it built its own engine.
 
-            deadline = float(app.config["DATABASE_TIMEOUT"])
-            sa.event.listen(db.engine, "do_connect", connect_with_deadline(deadline))
+    SQLite: a relative file path is under the instance folder; an in-memory database
+    is one connection shared by every thread (StaticPool), or each connection would see
+    a database of its own. MySQL: utf8mb4, and connections recycled after 2 hours.
+    """
+    url = sa.engine.make_url(url)
+    options = dict(options)
+    if url.drivername in ("sqlite", "sqlite+pysqlite"):
+        if url.database in (None, "", ":memory:"):
+            options["poolclass"] = sa.pool.StaticPool
+            options["connect_args"] = {
+                **options.get("connect_args", {}),
+                "check_same_thread": False,
+            }
+        else:
+            # sqlite:///file:path?uri=true names the file after "file:".
+            is_uri = url.query.get("uri", False)
+            path = url.database[5:] if is_uri else url.database
+            if not os.path.isabs(path):
+                path = os.path.join(instance_path, path)
+                url = url.set(database=f"file:{path}" if is_uri else path)
+    elif url.drivername.startswith("mysql"):
+        if options.get("poolclass", sa.pool.QueuePool) is sa.pool.QueuePool:
+            options.setdefault("pool_recycle", 7200)
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})
+    return url, options
+
+
+def create_engine(app):
+    """The app's engine, from SQLALCHEMY_DATABASE_URI and SQLALCHEMY_ENGINE_OPTIONS."""
+    url, options = engine_arguments(
+        app.config["SQLALCHEMY_DATABASE_URI"],
+        app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
+        app.instance_path,
+    )
+    create_sqlite_file(url)
+    engine = sa.create_engine(url, **options)
+    if engine.dialect.driver == "psycopg":
+        # Imported only here: SQLite deployments do without psycopg.
+        from mlapi.postgres import connect_with_deadline
+
+        deadline = float(app.config["DATABASE_TIMEOUT"])
+        sa.event.listen(engine, "do_connect", connect_with_deadline(deadline))
+    return engine
+
+
+def init_app(app):
+    """Build the engine (config.py derived its SQLALCHEMY_* settings) and migrate it."""
+    make_private_folder(app.instance_path)
+    app.extensions["mlapi.engine"] = create_engine(app)
     if app.config.get("AUTO_MIGRATE", True):
         try:
             ensure_schema(app)

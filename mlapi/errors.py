@@ -23,8 +23,6 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
-from mlapi.database import discard_session
-from mlapi.extensions import db
 from mlapi.serving.errors import (
     CacheUnavailable,
     InferenceError,
@@ -154,7 +152,6 @@ def handle_database_error(exc):
     log.error(
         "database unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__
     )
-    discard_session()
     return problem_response(
         ServiceUnavailable("The user database is unavailable; retry shortly.", retry_after=1)
     )
@@ -182,7 +179,6 @@ def on_protocol_route():
 
 def handle_data_error(exc):
     """A value the database refuses (e.g. a NUL character): the client's input, a 400."""
-    db.session.rollback()
     return problem_response(BadRequest("The request contains a value that cannot be stored."))
 
 

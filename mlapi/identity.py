@@ -4,8 +4,8 @@ Each worker keeps the principals it read (the user's row and the session's revoc
 and serves them again while two things hold: the shared *generation* still has the
 value it had when the row was read, and the row is younger than ``MAX_AGE`` seconds.
 Every commit that changes users or revocations (create, delete, disable, enable,
-password, role, logout) writes a new generation after it, in one place: the session
-events of :func:`watch_commits`. So a change made by any process is seen by every
+password, role, logout) writes a new generation after it, in one place: the
+transaction of :func:`mlapi.database.identity_change`, which every such write uses. So a change made by any process is seen by every
 worker on its next request; ``MAX_AGE`` bounds only the case where the signal itself
 is lost (Redis unreachable when the change was announced).
 
@@ -25,17 +25,14 @@ import sqlite3
 import threading
 import time
 
-import sqlalchemy as sa
-from flask import current_app, has_app_context
-from flask_sqlalchemy.session import Session
+from flask import current_app
 
-from mlapi import revocation, users
+from mlapi import users
 
 log = logging.getLogger(__name__)
 
 MAX_AGE = 1.0
 MAX_ENTRIES = 10_000
-_CHANGED = "mlapi.identity_changed"
 
 
 class RedisGeneration:
@@ -184,51 +181,13 @@ def _generation_source(app):
     if redis is not None:
         key = app.config["REDIS_KEY_PREFIX"] + "identity-generation"
         return RedisGeneration(redis, app.extensions["mlapi.redis_breaker"], key)
-    url = sa.engine.make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    # The engine's URL: a relative SQLite path there is already under the instance folder.
+    url = app.extensions["mlapi.engine"].url
     if url.get_backend_name() == "sqlite":
         in_file = url.database and url.database != ":memory:"
         return SQLiteGeneration(url.database if in_file else None)
     return None  # another database and no Redis: read SQL on every request, as before
 
 
-# --- the one place that sees every commit of users and revocations ----------------------
-
-IDENTITY_TABLES = (users.User, revocation.RevokedSession)
-
-
-def _mark_flushed(session, _context):
-    touched = (*session.new, *session.dirty, *session.deleted)
-    if any(isinstance(obj, IDENTITY_TABLES) for obj in touched):
-        session.info[_CHANGED] = True
-
-
-def _mark_statement(state):
-    # Bulk statements (revocation's upsert and purge) do not go through the flush.
-    if state.is_insert or state.is_update or state.is_delete:
-        state.session.info[_CHANGED] = True
-
-
-def _announce(session):
-    if session.info.pop(_CHANGED, False) and has_app_context():
-        cache = current_app.extensions.get("mlapi.principals")
-        if cache is not None:
-            cache.changed()
-
-
-def _forget(session):
-    session.info.pop(_CHANGED, None)
-
-
-def watch_commits():
-    """Listen, once per process, to Flask-SQLAlchemy's sessions for identity changes."""
-    if sa.event.contains(Session, "after_commit", _announce):
-        return
-    sa.event.listen(Session, "after_flush", _mark_flushed)
-    sa.event.listen(Session, "do_orm_execute", _mark_statement)
-    sa.event.listen(Session, "after_commit", _announce)
-    sa.event.listen(Session, "after_rollback", _forget)
-
-
 def init_app(app):
     app.extensions["mlapi.principals"] = Principals(_generation_source(app))
-    watch_commits()

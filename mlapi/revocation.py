@@ -15,8 +15,8 @@ restart or eviction cannot bring a revoked token back.
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
 
+from mlapi.database import identity_change
 from mlapi.extensions import db
 
 
@@ -32,38 +32,41 @@ def upsert_insert(dialect_name):
     return insert
 
 
-class RevokedSession(db.Model):
-    __tablename__ = "revoked_tokens"
-
-    sid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+revoked_table = sa.Table(
+    "revoked_tokens",
+    db.metadata,
+    sa.Column("sid", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), index=True, nullable=False),
+)
 
 
 def revoke(sid, expires_at):
     """Revoke session ``sid`` until ``expires_at`` (a POSIX timestamp); idempotent, so
     concurrent logouts of one session both succeed."""
     until = datetime.fromtimestamp(expires_at, UTC)
-    db.session.execute(
-        sa.delete(RevokedSession).where(RevokedSession.expires_at < datetime.now(UTC))
-    )
-    insert = upsert_insert(db.engine.dialect.name)
-    if insert is None:  # another database: a plain merge (not safe under races)
-        db.session.merge(RevokedSession(sid=sid, expires_at=until))
-    else:
-        statement = insert(RevokedSession).values(sid=sid, expires_at=until)
-        db.session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[RevokedSession.sid], set_={"expires_at": until}
+    with identity_change() as conn:
+        conn.execute(sa.delete(revoked_table).where(revoked_table.c.expires_at < datetime.now(UTC)))
+        insert = upsert_insert(conn.dialect.name)
+        if insert is None:  # another database: update, else insert (not safe under races)
+            updated = conn.execute(
+                sa.update(revoked_table).where(revoked_table.c.sid == sid).values(expires_at=until)
             )
-        )
-    db.session.commit()
+            if not updated.rowcount:
+                conn.execute(sa.insert(revoked_table).values(sid=sid, expires_at=until))
+        else:
+            statement = insert(revoked_table).values(sid=sid, expires_at=until)
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[revoked_table.c.sid], set_={"expires_at": until}
+                )
+            )
 
 
 def revoked_until_column(sid_param="sid"):
     """A scalar subquery: when session ``:sid`` stops being revoked (NULL if it is not)."""
     return (
-        sa.select(RevokedSession.expires_at)
-        .where(RevokedSession.sid == sa.bindparam(sid_param))
+        sa.select(revoked_table.c.expires_at)
+        .where(revoked_table.c.sid == sa.bindparam(sid_param))
         .scalar_subquery()
     )
 

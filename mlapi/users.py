@@ -1,4 +1,4 @@
-"""Users: the SQL model and the operations the API and the CLI share."""
+"""Users: the SQL table and the operations the API and the CLI share (SQLAlchemy Core)."""
 
 import secrets
 from dataclasses import dataclass
@@ -6,47 +6,53 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from mlapi import credentials, revocation
 from mlapi.credentials import UserError, username_key
+from mlapi.database import identity_change
 from mlapi.extensions import db
 
-__all__ = ["ROLES", "Principal", "User", "UserError", "username_key"]
+__all__ = ["ROLES", "Principal", "UserError", "user_table", "username_key"]
 
 ROLES = ("user", "admin")
 # Checked when the username is unknown, so that both failures cost the same time.
 _dummy_hashes = {}
 
-
-class User(db.Model):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
+user_table = sa.Table(
+    "users",
+    db.metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
     # As spelt at creation, for display (token "sub", /users/me).
-    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    sa.Column("username", sa.String(64), unique=True, nullable=False),
     # What names are compared by (credentials.username_key): every lookup uses it.
-    username_key: Mapped[str] = mapped_column(sa.String(256), unique=True, index=True)
-    email: Mapped[str | None] = mapped_column(sa.String(254))
-    password_hash: Mapped[str] = mapped_column(sa.String(256))
-    role: Mapped[str] = mapped_column(sa.String(16), default="user")
-    disabled: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), default=lambda: datetime.now(UTC)
-    )
+    sa.Column("username_key", sa.String(256), unique=True, index=True, nullable=False),
+    sa.Column("email", sa.String(254)),
+    sa.Column("password_hash", sa.String(256), nullable=False),
+    sa.Column("role", sa.String(16), default="user", nullable=False),
+    sa.Column("disabled", sa.Boolean, default=False, nullable=False),
+    sa.Column(
+        "created_at",
+        sa.DateTime(timezone=True),
+        default=lambda: datetime.now(UTC),
+        nullable=False,
+    ),
     # Carried by every token as the "tkey" claim and compared on each request. A new
     # random key on creation, password change or disabling ends every earlier session,
     # including those of a deleted user whose name is taken again.
-    token_key: Mapped[str | None] = mapped_column(sa.String(32))
+    sa.Column("token_key", sa.String(32)),
+)
 
-    def set_password(self, password):
-        credentials.check_password(password, self.username)
-        self.password_hash = generate_password_hash(password, method=hash_method())
 
-    def revoke_tokens(self):
-        """End every session of this user: tokens issued until now stop working."""
-        self.token_key = secrets.token_hex(8)
+def new_token_key():
+    """A fresh token key: the user's tokens issued until now stop working."""
+    return secrets.token_hex(8)
+
+
+def hash_password(password, username):
+    """The hash to store for ``password``, after checking it against the rules."""
+    credentials.check_password(password, username)
+    return generate_password_hash(password, method=hash_method())
 
 
 def hash_method():
@@ -62,10 +68,13 @@ def _dummy_hash():
 
 
 def find(username):
-    """The user whose name matches ``username`` ignoring case and Unicode width, or None."""
+    """The user whose name matches ``username`` ignoring case and Unicode width (a row of
+    ``user_table``), or None."""
     if not credentials.lookupable(username):
         return None
-    return db.session.scalar(sa.select(User).where(User.username_key == username_key(username)))
+    query = sa.select(user_table).where(user_table.c.username_key == username_key(username))
+    with db.engine.connect() as conn:
+        return conn.execute(query).first()
 
 
 def get(username):
@@ -74,6 +83,11 @@ def get(username):
     if user is None:
         raise UserError(f"No user named {username!r}.")
     return user
+
+
+def _update(user, **values):
+    with identity_change() as conn:
+        conn.execute(sa.update(user_table).where(user_table.c.id == user.id).values(**values))
 
 
 def create(username, password, email=None, role="user"):
@@ -85,22 +99,22 @@ def create(username, password, email=None, role="user"):
     existing = find(username)
     if existing is not None:
         raise UserError(_taken(username, existing))
-    user = User(
-        username=username,
-        username_key=username_key(username),
-        email=email,
-        role=role,
-        disabled=False,
-    )
-    user.set_password(password)
-    user.revoke_tokens()  # a fresh key: tokens of an earlier user of this name do not apply
-    db.session.add(user)
+    values = {
+        "username": username,
+        "username_key": username_key(username),
+        "email": email,
+        "role": role,
+        "disabled": False,
+        "password_hash": hash_password(password, username),
+        # A fresh key: tokens of an earlier user of this name do not apply.
+        "token_key": new_token_key(),
+    }
     try:
-        db.session.commit()
+        with identity_change() as conn:
+            conn.execute(sa.insert(user_table).values(**values))
     except sa.exc.IntegrityError:
-        db.session.rollback()
         raise UserError(_taken(username, find(username))) from None
-    return user
+    return get(username)
 
 
 def _taken(username, existing):
@@ -123,41 +137,37 @@ def set_role(username, role):
     user = get(username)
     if user.role == role:
         return user
-    user.role = role
-    user.revoke_tokens()
-    db.session.commit()
-    return user
+    _update(user, role=role, token_key=new_token_key())
+    return get(username)
 
 
 def all_users():
     """Every user, by name."""
-    return db.session.scalars(sa.select(User).order_by(User.username_key)).all()
+    with db.engine.connect() as conn:
+        return conn.execute(sa.select(user_table).order_by(user_table.c.username_key)).all()
 
 
 def set_disabled(username, disabled):
     """Disable or enable a user; disabling ends their sessions, and enabling later does
     not bring the old tokens back."""
     user = get(username)
-    user.disabled = disabled
     if disabled:
-        user.revoke_tokens()
-    db.session.commit()
-    return user
+        _update(user, disabled=True, token_key=new_token_key())
+    else:
+        _update(user, disabled=False)
 
 
 def change_password(username, password):
     """Set a user's password; sessions opened with the old one end everywhere."""
     user = get(username)
-    user.set_password(password)
-    user.revoke_tokens()
-    db.session.commit()
-    return user
+    _update(user, password_hash=hash_password(password, user.username), token_key=new_token_key())
 
 
 def delete(username):
     """Delete a user; their tokens stop working at once (the user is gone)."""
-    db.session.delete(get(username))
-    db.session.commit()
+    user = get(username)
+    with identity_change() as conn:
+        conn.execute(sa.delete(user_table).where(user_table.c.id == user.id))
 
 
 def authenticate(username, password):
@@ -170,8 +180,7 @@ def authenticate(username, password):
         return None
     if not user.password_hash.startswith(hash_method() + "$"):
         # The configured hash parameters changed since this password was set: upgrade it.
-        user.password_hash = generate_password_hash(password, method=hash_method())
-        db.session.commit()
+        _update(user, password_hash=generate_password_hash(password, method=hash_method()))
     return user
 
 
@@ -194,13 +203,13 @@ class Principal:
 
 
 _PRINCIPAL = sa.select(
-    User.username,
-    User.email,
-    User.role,
-    User.disabled,
-    User.token_key,
+    user_table.c.username,
+    user_table.c.email,
+    user_table.c.role,
+    user_table.c.disabled,
+    user_table.c.token_key,
     revocation.revoked_until_column().label("revoked_until"),
-).where(User.username_key == sa.bindparam("key"))
+).where(user_table.c.username_key == sa.bindparam("key"))
 
 
 def load_principal(username, sid):

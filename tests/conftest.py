@@ -64,7 +64,6 @@ def make_app(tmp_path, backend, request):
     yield factory
     for app in apps:
         with app.app_context():
-            db.session.remove()
             db.engine.dispose()
 
 

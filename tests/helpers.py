@@ -68,6 +68,22 @@ def client_for(app, username="alice", password=PASSWORD):
     return client, {"Authorization": f"Bearer {token.get_json()['access_token']}"}
 
 
+def write_user(app, username, **values):
+    """Set columns of a user's row without the rules of mlapi.users (no new token key),
+    in the transaction every change of users goes through, which announces it."""
+    import sqlalchemy as sa
+
+    from mlapi.database import identity_change
+
+    table = users.user_table
+    with app.app_context(), identity_change() as conn:
+        conn.execute(
+            sa.update(table)
+            .where(table.c.username_key == users.username_key(username))
+            .values(**values)
+        )
+
+
 def assert_problem(response, status):
     """The response is an RFC 9457 problem with this status; returns its body."""
     assert response.status_code == status, response.get_data(as_text=True)

@@ -9,7 +9,7 @@ import time
 import jwt as pyjwt
 import pytest
 
-from tests.helpers import PASSWORD, assert_problem
+from tests.helpers import PASSWORD, assert_problem, write_user
 
 SECRET = "test-secret-key-that-is-at-least-32-bytes-long"
 
@@ -106,13 +106,8 @@ def test_login_with_json_is_415(client, make_user):
 
 def test_disabled_user_cannot_log_in(app, client, make_user):
     """A disabled user's correct password is refused like a wrong one."""
-    from mlapi import users
-    from mlapi.extensions import db
-
     make_user("alice")
-    with app.app_context():
-        users.get("alice").disabled = True
-        db.session.commit()
+    write_user(app, "alice", disabled=True)
     response = client.post("/token", data={"username": "alice", "password": PASSWORD})
     assert response.status_code == 401
 
@@ -184,15 +179,17 @@ def test_revocation_entry_expires_with_the_session(app, client, make_user):
     """The stored revocation lives until the session's refresh token would expire."""
     from datetime import UTC
 
+    import sqlalchemy as sa
+
     from mlapi.extensions import db
-    from mlapi.revocation import RevokedSession
+    from mlapi.revocation import revoked_table
 
     make_user("alice")
     pair = tokens(client)
     refresh_exp = pyjwt.decode(pair["refresh_token"], options={"verify_signature": False})["exp"]
     client.post("/logout", headers=bearer(pair["access_token"]))
-    with app.app_context():
-        (row,) = db.session.scalars(db.select(RevokedSession)).all()
+    with app.app_context(), db.engine.connect() as conn:
+        (row,) = conn.execute(sa.select(revoked_table)).all()
         expires_at = row.expires_at.replace(tzinfo=row.expires_at.tzinfo or UTC)
         assert abs(expires_at.timestamp() - refresh_exp) <= 1
 
@@ -215,24 +212,17 @@ def test_expired_access_token_is_401(make_app, make_user):
 
 def test_disabled_user_token_stops_working_at_once(app, client, auth):
     """Disabling a user invalidates their existing token on the next request."""
-    from mlapi import users
-    from mlapi.extensions import db
-
     assert client.get("/users/me", headers=auth).status_code == 200
-    with app.app_context():
-        users.get("alice").disabled = True
-        db.session.commit()
+    write_user(app, "alice", disabled=True)
     assert_invalid_token(client.post("/predict", json=[1], headers=auth))
 
 
 def test_deleted_user_token_stops_working_at_once(app, client, auth):
     """Deleting a user invalidates their existing token on the next request."""
     from mlapi import users
-    from mlapi.extensions import db
 
     with app.app_context():
-        db.session.delete(users.get("alice"))
-        db.session.commit()
+        users.delete("alice")
     assert_invalid_token(client.get("/users/me", headers=auth))
 
 
@@ -245,13 +235,8 @@ def test_cache_invalidation_needs_admin(client, auth):
 
 def test_demoted_admin_loses_admin_on_next_request(app, client, admin_auth):
     """The role is read from the database per request, not trusted from the token."""
-    from mlapi import users
-    from mlapi.extensions import db
-
     assert client.delete("/cache/invalidate", json=[1], headers=admin_auth).status_code == 200
-    with app.app_context():
-        users.get("root").role = "user"
-        db.session.commit()
+    write_user(app, "root", role="user")
     assert client.delete("/cache/invalidate", json=[1], headers=admin_auth).status_code == 403
 
 
@@ -445,13 +430,11 @@ def test_concurrent_logouts_of_one_session_all_succeed(app, make_user):
 def test_recreated_username_does_not_inherit_old_tokens(app, client, make_user):
     """Tokens of a deleted user are refused for a new user who takes the same name."""
     from mlapi import users
-    from mlapi.extensions import db
 
     make_user("bob")
     old = tokens(client, "bob")
     with app.app_context():
-        db.session.delete(users.get("bob"))
-        db.session.commit()
+        users.delete("bob")
     make_user("bob")
     assert_invalid_token(client.get("/users/me", headers=bearer(old["access_token"])))
     assert_invalid_token(client.post("/token/refresh", headers=bearer(old["refresh_token"])))

@@ -45,14 +45,12 @@ def test_database_refuses_two_rows_with_one_key(app, make_user):
     from mlapi import users
 
     make_user("alice")
+    duplicate = sa.insert(users.user_table).values(
+        username="ALICE", username_key="alice", password_hash="x", role="user"
+    )
     with app.app_context():
-        duplicate = users.User(
-            username="ALICE", username_key="alice", password_hash="x", role="user"
-        )
-        db.session.add(duplicate)
-        with pytest.raises(sa.exc.IntegrityError):
-            db.session.commit()
-        db.session.rollback()
+        with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
+            conn.execute(duplicate)
         index = {i["name"]: i for i in sa.inspect(db.engine).get_indexes("users")}[
             "ix_users_username_key"
         ]

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.helpers import PASSWORD, assert_problem
+from tests.helpers import PASSWORD, assert_problem, write_user
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
@@ -104,15 +104,13 @@ def test_access_token_is_not_a_refresh_token(client, make_user):
 
 def test_refresh_token_of_a_disabled_or_deleted_user_is_refused(app, client, make_user):
     from mlapi import users
-    from mlapi.extensions import db
 
     make_user("alice")
     make_user("bob")
     alice, bob = login(client, "alice"), login(client, "bob")
+    write_user(app, "alice", disabled=True)
     with app.app_context():
-        users.get("alice").disabled = True
-        db.session.delete(users.get("bob"))
-        db.session.commit()
+        users.delete("bob")
     for tokens in (alice, bob):
         response = token_request(
             client, grant_type="refresh_token", refresh_token=tokens["refresh_token"]

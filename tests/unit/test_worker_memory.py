@@ -30,9 +30,13 @@ ON_DEMAND = [
     "cryptography.hazmat",
 ]
 
+# SQLAlchemy's ORM (about 6 MiB per worker): the request path uses Core only; Flask-Migrate
+# and Alembic may load parts of it, but only in the CLI and when the schema is behind.
+ORM = ["sqlalchemy.orm", "sqlalchemy.ext", "flask_sqlalchemy"]
+
 # Loads the app as a gunicorn worker does (wsgi, configured by the MLAPI_* environment);
-# "setup" migrates the database and adds the user, "serve" logs in, predicts, then GETs
-# any further paths given.
+# "setup" migrates the database and adds the user, "serve" logs in, predicts, reads the
+# profile, refreshes, logs out, then GETs any further paths given.
 PROBE = """
 import json, sys
 import wsgi
@@ -46,13 +50,20 @@ if sys.argv[1] == "setup":
 client = app.test_client()
 login = client.post("/token", data={"username": "probe", "password": sys.argv[2]})
 token = login.get_json()["access_token"]
-predict = client.post(
-    "/v1/predict", json=[1.0, 2.0, 3.0, 4.0], headers={"Authorization": f"Bearer {token}"}
+auth = {"Authorization": f"Bearer {token}"}
+predict = client.post("/v1/predict", json=[1.0, 2.0, 3.0, 4.0], headers=auth)
+# The rest of what reads or writes users and revocations: profile, refresh, logout.
+me = client.get("/users/me", headers=auth)
+refresh = client.post(
+    "/token",
+    data={"grant_type": "refresh_token", "refresh_token": login.get_json()["refresh_token"]},
 )
+logout = client.post("/logout", headers=auth)
 others = [client.get(path).status_code for path in sys.argv[3:]]
 import jwt
 print("PROBE", json.dumps({
     "statuses": [login.status_code, predict.status_code, *others],
+    "session": [me.status_code, refresh.status_code, logout.status_code],
     "modules": sorted(sys.modules),
     "has_crypto": jwt.algorithms.has_crypto,
 }))
@@ -60,8 +71,8 @@ print("PROBE", json.dumps({
 
 
 def serve(tmp_path, *paths, **settings):
-    """Start a worker on a migrated database, log in, predict, GET ``paths``; what it
-    loaded."""
+    """Start a worker on a migrated database, log in, predict, read the profile, refresh,
+    log out, GET ``paths``; what it loaded."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "MLAPI_ENV": "production",
@@ -76,6 +87,7 @@ def serve(tmp_path, *paths, **settings):
     assert run_probe(PROBE, "setup", PASSWORD, *paths, env=env) == []
     [report] = run_probe(PROBE, "serve", PASSWORD, *paths, env=env)
     assert report["statuses"] == [200, 200] + [200] * len(paths)
+    assert report["session"] == [200, 200, 200]
     return report
 
 
@@ -90,13 +102,18 @@ def loaded(report, names):
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
-    return serve(tmp_path_factory.mktemp("embedded"))
+    return serve(tmp_path_factory.mktemp("embedded"), "/health/ready")
 
 
 def test_embedded_worker_loads_nothing_on_demand(embedded):
     # SQLite: no PostgreSQL dialect, no Redis client either.
     assert loaded(embedded, [*ON_DEMAND, "sqlalchemy.dialects.postgresql", "redis"]) == []
     assert "cryptography" not in embedded["modules"]
+
+
+def test_embedded_worker_serves_without_the_orm(embedded):
+    assert "sqlalchemy" in embedded["modules"]
+    assert loaded(embedded, ORM) == []
 
 
 def test_pyjwt_runs_without_cryptography(embedded):
@@ -109,12 +126,14 @@ def test_scale_out_worker_loads_nothing_on_demand(tmp_path, redis_url, postgres_
     (and psutil through them), which it would load whenever they are installed."""
     report = serve(
         tmp_path,
+        "/health/ready",
         REDIS_URL=redis_url,
         REDIS_KEY_PREFIX=f"mlapi-test-{uuid.uuid4().hex[:8]}:",
         DATABASE_URL=postgres_url,
     )
     assert "redis" in report["modules"] and "psycopg" in report["modules"]
     assert loaded(report, ON_DEMAND) == []
+    assert loaded(report, ORM) == []
 
 
 def test_the_probe_sees_what_a_request_loads(tmp_path):
