@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 
 from flask import current_app, g, request
 from flask_jwt_extended import get_jwt_identity
@@ -130,6 +131,60 @@ class Window:
         return headers
 
 
+class MemoryWindows:
+    """Exact moving windows in this process's memory: per key, the times of its hits,
+    oldest first, under one lock.
+
+    A hit drops the entries older than the window from the left and appends on the
+    right: amortized O(1). limits' MemoryStorage keeps a window as a list it inserts
+    into at the front (a copy of the whole window per hit) and expires it from a timer
+    thread it starts again every 10 ms; with thousands of entries in a window, that
+    cost more than the request. The rules are limits' moving window: an entry counts
+    while it is at most ``expiry`` seconds old, and a request of ``cost`` is accepted
+    when the window then holds at most ``limit - cost`` entries.
+    """
+
+    SWEEP_EVERY = 4096  # hits between two sweeps of keys whose every entry expired
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self._windows = {}
+        self._expiries = {}
+        self._lock = threading.Lock()
+        self._hits = 0
+
+    def hit(self, key, limit, expiry, cost):
+        """(accepted, entries now in the window, its oldest entry's time, now)."""
+        with self._lock:
+            now = self.clock()
+            window = self._windows.get(key)
+            if window is None:
+                window = self._windows[key] = deque()
+            cutoff = now - expiry
+            while window and window[0] < cutoff:
+                window.popleft()
+            accepted = len(window) + cost <= limit
+            if accepted:
+                window.extend([now] * cost)
+            count = len(window)
+            oldest = window[0] if window else now
+            self._expiries[key] = expiry
+            self._hits += 1
+            if self._hits % self.SWEEP_EVERY == 0:
+                self._sweep(now)
+        return accepted, count, oldest, now
+
+    def _sweep(self, now):
+        """Forget the keys whose every entry is older than their own window."""
+        for key, window in list(self._windows.items()):
+            if not window or window[-1] < now - self._expiries[key]:
+                del self._windows[key]
+                del self._expiries[key]
+
+    def __len__(self):
+        return len(self._windows)
+
+
 class Budget:
     """The per-user prediction budget of one app; one instance per worker."""
 
@@ -142,9 +197,10 @@ class Budget:
         self.sha = None
         self._local = threading.local()  # each thread's connection for the script
         self._items = {}
-        # Without Redis: flask-limiter's own memory storage, so limits agree in one place.
+        # Without Redis, or while it fails: this process's memory. With another store for
+        # flask-limiter (RATELIMIT_STORAGE_URI), that store, so every limit counts there.
         self._memory = None
-        self._fallback = MovingWindowRateLimiter(MemoryStorage())
+        self._windows = MemoryWindows()
 
     def item(self):
         text = current_app.config["PREDICT_RATE_LIMIT"]
@@ -152,9 +208,12 @@ class Budget:
             self._items[text] = parse(text)
         return self._items[text]
 
-    def memory(self):
-        """limits' moving window over flask-limiter's own storage (the app's, bound last)."""
+    def elsewhere(self):
+        """limits' moving window over flask-limiter's store, when that is shared storage
+        other than mlapi's Redis (the app's, bound last); None when it is process memory."""
         storage = limiter.storage
+        if isinstance(storage, MemoryStorage):
+            return None
         if self._memory is None or self._memory.storage is not storage:
             self._memory = MovingWindowRateLimiter(storage)
         return self._memory
@@ -253,10 +312,16 @@ class Budget:
 
     def _spend_in_memory(self, item, args, cost):
         shared = self.redis is not None and hasattr(limiter.storage, "prefixed_key")
-        strategy = self._fallback if shared else self.memory()
-        accepted = strategy.hit(item, *args, cost=cost)
-        reset_at, remaining = strategy.get_window_stats(item, *args)
-        return Window(item, accepted, remaining, reset_at, time.time())
+        strategy = None if shared else self.elsewhere()
+        if strategy is not None:
+            accepted = strategy.hit(item, *args, cost=cost)
+            reset_at, remaining = strategy.get_window_stats(item, *args)
+            return Window(item, accepted, remaining, reset_at, time.time())
+        expiry = item.get_expiry()
+        accepted, count, oldest, now = self._windows.hit(
+            item.key_for(*args), item.amount, expiry, cost
+        )
+        return Window(item, accepted, item.amount - count, oldest + expiry, now)
 
     def _finish(self, window, own_headers):
         if window.accepted and own_headers:
