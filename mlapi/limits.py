@@ -81,7 +81,7 @@ def add_ietf_headers(response):
 def limiter_ran():
     """Whether a flask-limiter limit was looked at in this request (it keeps its state on
     the request context, made on first use: flask-limiter 4.1's private name, pinned)."""
-    return hasattr(request_ctx, "_limiter_request_context")
+    return "_limiter_request_context" in vars(request_ctx._get_current_object())
 
 
 class LimiterHooks:

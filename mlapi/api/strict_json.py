@@ -13,15 +13,39 @@ from flask import Request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
+COMPACT = {"separators": (",", ":")}
+
 
 class StrictJSONProvider(DefaultJSONProvider):
     sort_keys = False
     compact = True
 
+    def __init__(self, app):
+        super().__init__(app)
+        self._encoders = {}
+
     def dumps(self, obj, **kwargs):
+        if not kwargs or kwargs == COMPACT:  # every response: one encoder, built once
+            return self._encoder().encode(obj)
         kwargs.setdefault("allow_nan", False)
         kwargs.setdefault("separators", (",", ":"))
         return super().dumps(obj, **kwargs)
+
+    def _encoder(self):
+        """The strict, compact encoder of the current ``ensure_ascii`` and ``sort_keys``
+        (attributes an app may change): ``json.dumps`` builds a new one on every call."""
+        options = (self.ensure_ascii, self.sort_keys)
+        encoder = self._encoders.get(options)
+        if encoder is None:
+            encoder = json.JSONEncoder(
+                default=self.default,
+                ensure_ascii=self.ensure_ascii,
+                sort_keys=self.sort_keys,
+                allow_nan=False,
+                separators=(",", ":"),
+            )
+            self._encoders[options] = encoder
+        return encoder
 
     def loads(self, s, **kwargs):
         try:

@@ -3,14 +3,14 @@
 They are kept by :class:`RequestObserver`, a WSGI middleware around the Flask app: it
 sees every request, including the ones Flask answers with an error, and adds its two
 headers to the header list as the response starts, without Flask's hooks and header
-objects. One after-request hook names the matched route (a bounded label) in the
-WSGI environ, where the middleware, the logs and gunicorn's access line read it.
+objects. As Flask's response starts, it also names the matched route (a bounded label)
+in the WSGI environ, where its metrics and gunicorn's access line read it.
 """
 
 import re
 import time
 
-from flask import current_app, request
+from flask import current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mlapi.ids import unique_id
@@ -60,11 +60,6 @@ def allowing_route(exc):
     return cached
 
 
-def name_route(response):
-    request.environ[ROUTE] = route()
-    return response
-
-
 class RequestObserver:
     """WSGI middleware: request id, X-Process-Time and request metrics for every request."""
 
@@ -85,6 +80,8 @@ class RequestObserver:
 
         def start(status, headers, exc_info=None):
             elapsed = time.perf_counter() - started
+            if ROUTE not in environ and has_request_context():  # Flask's response
+                environ[ROUTE] = route()
             headers.append(("X-Request-ID", rid))
             headers.append(("X-Process-Time", f"{elapsed:.6f}"))
             headers.extend(environ.get(EXTRA_HEADERS, ()))
@@ -112,6 +109,5 @@ class RequestObserver:
 
 
 def init_app(app):
-    app.after_request(name_route)
     exporter = [rule.rule for rule in app.url_map.iter_rules(EXPORTER_ENDPOINT)]
     app.wsgi_app = RequestObserver(app.wsgi_app, uncounted=exporter)
