@@ -1,6 +1,6 @@
 """The tutorial's unversioned endpoints."""
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 from flask_jwt_extended import current_user
 
 from mlapi.api.bodies import body, read
@@ -81,16 +81,22 @@ def predict_custom_limit(features):
 
 def cached_model():
     """The model /predict-cached serves: ``?model=<name>``, by default ``average``."""
+    if not request.query_string:  # the common request: no query string to parse
+        return "average"
     return request.args.get("model", "average")
 
 
 def cached_prediction_key():
     """The cache key of this body's features, read with the budget; None if the body or
-    model is invalid (the view then answers, after the limit, as on every view)."""
+    model is invalid (the view then answers, after the limit, as on every view). The
+    view looks the same model and key up (``g.cache_lookup``), not computing them again."""
     try:
-        return cache_key(registry().get(cached_model()), read(Features))
+        model = registry().get(cached_model())
+        key = cache_key(model, read(Features))
     except Exception:
         return None
+    g.cache_lookup = (model, key)
+    return key
 
 
 @bp.post("/predict-cached")
@@ -99,7 +105,8 @@ def cached_prediction_key():
 def predict_cached(features):
     """A model's prediction (``?model=<name>``, default ``average``: the mean), cached
     per model version and feature vector for MLAPI_CACHE_TIMEOUT seconds."""
-    model, value, cached = prediction_cache().predict(cached_model(), features)
+    lookup = g.pop("cache_lookup", None)
+    model, value, cached = prediction_cache().predict(cached_model(), features, lookup)
     count_prediction(model, current_user.username)
     return {"prediction": value, "user": current_user.username, "cached": cached}
 

@@ -33,27 +33,34 @@ class PredictionCache:
         self.store = store
         self.count = count
 
-    def predict(self, name, features):
-        """Predict with model ``name``, through the cache; returns (model, value, was_cached)."""
-        model = self.registry.get(name)
-        key = cache_key(model, features)
+    def predict(self, name, features, lookup=None):
+        """Predict with model ``name``, through the cache; returns (model, value, was_cached).
+
+        ``lookup``, when given, is the (model, key) already looked up for these features;
+        the value computed on a miss is that model's, so it is the one the key names.
+        """
+        model, key = lookup if lookup is not None else (self.registry.get(name), None)
+        key = key or cache_key(model, features)
         try:
             value = self.store.get(key)
         except Exception:
             log.warning("prediction cache unavailable; computing without it", exc_info=True)
             self.count("error")
-            return model, self.registry.predict_one(name, features)[1], False
+            return model, self._compute(model, features), False
         if isinstance(value, float):
             self.count("hit")
             return model, value, True
         self.count("miss")
-        _, value = self.registry.predict_one(name, features)
+        value = self._compute(model, features)
         try:
             self.store.set(key, value)
         except Exception:
             log.warning("could not store a prediction in the cache", exc_info=True)
             self.count("error")
         return model, value, False
+
+    def _compute(self, model, features):
+        return self.registry.run(model, [features], as_list=True)[0]
 
     def invalidate(self, name, features):
         """Drop the cached prediction of model ``name`` for these features.
