@@ -151,6 +151,15 @@ class Principals:
                 return entry[2], stamp
             return self.reload(username, sid, generation), None
         try:
+            # Another thread may have read it again between this one's look and the lock.
+            now = self._entries.get((username, sid))
+            if (
+                now is not None
+                and now[0] == generation
+                and self.clock() - now[1] < MAX_AGE
+                and accepted(*now[2])
+            ):
+                return now[2], stamp
             return self.reload(username, sid, generation), None
         finally:
             self._refreshing.release()

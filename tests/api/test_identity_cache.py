@@ -234,6 +234,41 @@ def test_an_aged_entry_is_read_again_by_one_thread_at_a_time():
     assert len(loads) == 3
 
 
+def test_a_thread_that_finds_the_entry_read_again_meanwhile_does_not_read_it_too():
+    """Two threads see an aged entry; the first reads it again; the second, taking the lock
+    only after that, serves the new entry instead of a second read."""
+    now = [0.0]
+    loads = []
+
+    class Fixed:
+        def current(self):
+            return "g1"
+
+    def load(username, sid):
+        loads.append(now[0])
+        return ("principal", False)
+
+    cache = identity.Principals(Fixed(), load=load, clock=lambda: now[0])
+    accepted = lambda principal, revoked: True  # noqa: E731
+    cache.lookup("alice", "s1", accepted)
+    now[0] = identity.MAX_AGE + 0.1
+    lock = cache._refreshing
+
+    class FirstThreadFinishesFirst:
+        """The lock as the second thread meets it: the first thread's read just ended."""
+
+        def acquire(self, blocking=True):
+            cache.reload("alice", "s1", "g1")
+            return lock.acquire(blocking)
+
+        def release(self):
+            lock.release()
+
+    cache._refreshing = FirstThreadFinishesFirst()
+    assert cache.lookup("alice", "s1", accepted) == (("principal", False), None)
+    assert loads == [0.0, now[0]]  # the first thread's read only
+
+
 def test_a_role_change_on_another_instance_applies_on_the_next_request(make_app, redis_url):
     """A role change (which ends the user's sessions) is seen by the other instance at once."""
     prefix = f"mlapi-test-identity-{time.monotonic_ns()}:"
