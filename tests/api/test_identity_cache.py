@@ -206,8 +206,9 @@ def test_a_refusal_is_never_served_from_the_cache():
     assert len(loads) == 2
 
 
-def test_an_aged_entry_is_read_again_by_one_thread_at_a_time():
-    """Past MAX_AGE one thread re-reads; others serve the entry meanwhile, up to 2x."""
+def _aged_entry():
+    """A cache of one generation ("g1") whose entry for alice has just passed MAX_AGE:
+    (cache, clock [now], the times it read SQL, an accept-all check)."""
     now = [0.0]
     loads = []
 
@@ -223,6 +224,12 @@ def test_an_aged_entry_is_read_again_by_one_thread_at_a_time():
     accepted = lambda principal, revoked: True  # noqa: E731
     cache.lookup("alice", "s1", accepted)
     now[0] = identity.MAX_AGE + 0.1
+    return cache, now, loads, accepted
+
+
+def test_an_aged_entry_is_read_again_by_one_thread_at_a_time():
+    """Past MAX_AGE one thread re-reads; others serve the entry meanwhile, up to 2x."""
+    cache, now, loads, accepted = _aged_entry()
     with cache._refreshing:  # another thread of the worker is reading it again
         cache.lookup("alice", "s1", accepted)
         assert loads == [0.0]
@@ -237,21 +244,7 @@ def test_an_aged_entry_is_read_again_by_one_thread_at_a_time():
 def test_a_thread_that_finds_the_entry_read_again_meanwhile_does_not_read_it_too():
     """Two threads see an aged entry; the first reads it again; the second, taking the lock
     only after that, serves the new entry instead of a second read."""
-    now = [0.0]
-    loads = []
-
-    class Fixed:
-        def current(self):
-            return "g1"
-
-    def load(username, sid):
-        loads.append(now[0])
-        return ("principal", False)
-
-    cache = identity.Principals(Fixed(), load=load, clock=lambda: now[0])
-    accepted = lambda principal, revoked: True  # noqa: E731
-    cache.lookup("alice", "s1", accepted)
-    now[0] = identity.MAX_AGE + 0.1
+    cache, now, loads, accepted = _aged_entry()
     lock = cache._refreshing
 
     class FirstThreadFinishesFirst:
