@@ -168,7 +168,7 @@ def verify_request():
     the same checks in the same order (token type, blocklist, claims verification, user
     lookup), which raise the library's own errors to its error loaders, then keeps the
     token, its header and its user in ``g`` under the library's names (private names of
-    flask-jwt-extended 4.7, pinned; tests/unit/test_pinned_internals.py), where
+    flask-jwt-extended 4.7, pinned; tests/unit/test_token_cache.py), where
     ``get_jwt()`` and ``current_user`` read them. What it skips is only finding the token
     and decoding it again.
     """
