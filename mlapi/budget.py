@@ -248,7 +248,7 @@ class Budget:
         if window is None:
             if stamp is not None:
                 recheck(None)  # the user came from the cache and Redis cannot vouch for it
-            window = self._spend_in_memory(item, args, cost)
+            window = self._spend_in_memory(item, args, key, cost, shared)
         self._finish(window, own_headers)
 
     def _spend_in_redis(self, item, key, cost, stamp, recheck, cache_key):
@@ -310,17 +310,14 @@ class Budget:
 
         return connection.retry.call_with_retry(call, lambda _error: connection.disconnect())
 
-    def _spend_in_memory(self, item, args, cost):
-        shared = self.redis is not None and hasattr(limiter.storage, "prefixed_key")
+    def _spend_in_memory(self, item, args, key, cost, shared):
         strategy = None if shared else self.elsewhere()
         if strategy is not None:
             accepted = strategy.hit(item, *args, cost=cost)
             reset_at, remaining = strategy.get_window_stats(item, *args)
             return Window(item, accepted, remaining, reset_at, time.time())
         expiry = item.get_expiry()
-        accepted, count, oldest, now = self._windows.hit(
-            item.key_for(*args), item.amount, expiry, cost
-        )
+        accepted, count, oldest, now = self._windows.hit(key, item.amount, expiry, cost)
         return Window(item, accepted, item.amount - count, oldest + expiry, now)
 
     def _finish(self, window, own_headers):
