@@ -112,20 +112,23 @@ class Model:
         A single row is the common request, and numpy's per-call overhead costs more than
         the arithmetic of a small model. Only a finite value in bounds comes back here.
         """
-        if self.row_fn is None:
-            return None
-        width = len(row)
-        if width != (self.n_features or width) or width > (self.max_features or width):
+        if self.row_fn is None or self._width_problem(len(row)) is not None:
             return None
         return self.row_fn(row)
 
+    def _width_problem(self, width):
+        """The 422 for rows of ``width`` features if this model cannot take them, else None."""
+        if self.n_features is not None and width != self.n_features:
+            return feature_count_problem(self.name, width, exactly=self.n_features)
+        if self.max_features is not None and width > self.max_features:
+            return feature_count_problem(self.name, width, at_most=self.max_features)
+        return None
+
     def predict(self, batch):
         """Predict one value per row of ``batch``; every value is finite, or PredictionError."""
-        width = batch.shape[1]
-        if self.n_features is not None and width != self.n_features:
-            raise feature_count_problem(self.name, width, exactly=self.n_features)
-        if self.max_features is not None and width > self.max_features:
-            raise feature_count_problem(self.name, width, at_most=self.max_features)
+        problem = self._width_problem(batch.shape[1])
+        if problem is not None:
+            raise problem
         with np.errstate(over="ignore", invalid="ignore"):
             values = np.asarray(self.predict_fn(batch), dtype=np.float64)
         if values.shape != (batch.shape[0],):
