@@ -5,22 +5,22 @@ and serves them again while two things hold: the shared *generation* still has t
 value it had when the row was read, and the row is younger than ``MAX_AGE`` seconds.
 Every commit that changes users or revocations (create, delete, disable, enable,
 password, role, logout) writes a new generation after it, in one place: the
-transaction of :func:`mlapi.database.identity_change`, which every such write uses. So a change made by any process is seen by every
-worker on its next request; ``MAX_AGE`` bounds only the case where the signal itself
-is lost (Redis unreachable when the change was announced).
+transaction of :func:`mlapi.database.identity_change`, which every such write uses. So
+a change made by any process is seen by every worker on its next request; ``MAX_AGE``
+bounds only the case where the signal itself is lost (Redis unreachable when the change
+was announced).
 
-The generation is a random value in Redis when MLAPI_REDIS_URL is set. Without Redis
-(the embedded single-worker mode on SQLite), it is SQLite's ``PRAGMA data_version`` on
-a connection of its own, which changes whenever another connection or process commits
-(the CLI), plus a counter for this process's own changes. An unknown generation (Redis
-unreachable, the value missing, another database without Redis) means reading SQL, as
-without this cache. A cached answer that would refuse a token is read again from SQL
-before it refuses.
+The generation is a fresh unique value in Redis (mlapi.ids, as the budget's script
+starts one) when MLAPI_REDIS_URL is set. Without Redis (the embedded single-worker mode
+on SQLite), it is SQLite's ``PRAGMA data_version`` on a connection of its own, which
+changes whenever another connection or process commits (the CLI), plus a counter for
+this process's own changes. An unknown generation (Redis unreachable, the value
+missing, another database without Redis) means reading SQL, as without this cache. A
+cached answer that would refuse a token is read again from SQL before it refuses.
 """
 
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -28,6 +28,7 @@ import time
 from flask import current_app
 
 from mlapi import users
+from mlapi.ids import unique_id
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class RedisGeneration:
             # First start, or Redis lost it (restart, eviction): start a generation; this
             # request reads SQL, later ones are stamped with the new value.
             try:
-                self.redis.set(self.key, secrets.token_hex(8), nx=True)
+                self.redis.set(self.key, unique_id(), nx=True)
             except Exception:
                 log.debug("could not start a generation", exc_info=True)
             return None
@@ -63,7 +64,7 @@ class RedisGeneration:
         # Tried even while the breaker is open: other workers may reach Redis and must
         # learn of the change; a failure here leaves them at most MAX_AGE behind.
         try:
-            self.redis.set(self.key, secrets.token_hex(8))
+            self.redis.set(self.key, unique_id())
         except Exception:
             log.warning("could not announce a user change in Redis", exc_info=True)
 
