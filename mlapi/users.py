@@ -150,11 +150,8 @@ def all_users():
 def set_disabled(username, disabled):
     """Disable or enable a user; disabling ends their sessions, and enabling later does
     not bring the old tokens back."""
-    user = get(username)
-    if disabled:
-        _update(user, disabled=True, token_key=new_token_key())
-    else:
-        _update(user, disabled=False)
+    ends_sessions = {"token_key": new_token_key()} if disabled else {}
+    _update(get(username), disabled=disabled, **ends_sessions)
 
 
 def change_password(username, password):
