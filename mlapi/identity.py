@@ -101,15 +101,29 @@ class SQLiteGeneration:
             self._local += 1
 
 
+class _Flight:
+    """One SQL read of a principal under way; the threads that wait for it share it."""
+
+    __slots__ = ("done", "value")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.value = None  # (principal, revoked) once read
+
+
 class Principals:
     """A per-worker cache of ``users.load_principal``, keyed by user and session."""
 
-    def __init__(self, source, load=None, clock=time.monotonic):
+    def __init__(self, source, load=None, clock=time.monotonic, wait=2.0):
         self.source = source
         self.load = load or users.load_principal
         self.clock = clock
+        # How long a thread waits for another thread's read of the same principal before
+        # reading it itself: the database's own deadline.
+        self.wait = wait
         self._entries = {}
-        self._refreshing = threading.Lock()
+        self._flights = {}
+        self._flights_lock = threading.Lock()
         # The newest generation this worker saw, from the source or the budget's script.
         self.known = None
         # Only a Redis generation can be checked later, in the budget's round trip.
@@ -138,32 +152,58 @@ class Principals:
         """
         deferred = deferred and self.can_defer
         generation = self.known if deferred else self.generation()
-        entry = self._entries.get((username, sid))
-        if generation is None or entry is None or entry[0] != generation or not accepted(*entry[2]):
-            return self.reload(username, sid, generation), None
+        if generation is None:
+            return self.load(username, sid), None
         stamp = generation if deferred else None
+        key = (username, sid)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != generation or not accepted(*entry[2]):
+            return self._read(key, generation, accepted, stamp)
         age = self.clock() - entry[1]
         if age < MAX_AGE:
             return entry[2], stamp
         # Aged out: one thread of this worker reads it again; the others keep serving
         # the entry (of the current generation) meanwhile, up to twice MAX_AGE.
-        if not self._refreshing.acquire(blocking=False):
-            if age < 2 * MAX_AGE:
-                return entry[2], stamp
-            return self.reload(username, sid, generation), None
+        meanwhile = entry[2] if age < 2 * MAX_AGE else None
+        return self._read(key, generation, accepted, stamp, meanwhile)
+
+    def _read(self, key, generation, accepted, stamp, meanwhile=None):
+        """Read ``key`` from SQL, once per worker however many threads ask at once.
+
+        The first thread to ask for a key under a generation reads it; the others serve
+        ``meanwhile`` if given, else wait (at most ``self.wait``) and share that read,
+        which began after the generation they saw was current. They return ``stamp``
+        with it, since the read may predate their own request: a deferred caller still
+        checks the generation. A failed or overlong read is tried again by each waiter.
+        """
+        with self._flights_lock:
+            flight = self._flights.get((key, generation))
+            leading = flight is None
+            if leading:
+                flight = self._flights[key, generation] = _Flight()
+        if not leading:
+            if meanwhile is not None:
+                return meanwhile, stamp
+            if flight.done.wait(self.wait) and flight.value is not None:
+                return flight.value, stamp
+            return self.reload(*key, generation), None
         try:
-            # Another thread may have read it again between this one's look and the lock.
-            now = self._entries.get((username, sid))
+            # Another thread may have read it again between this one's look and now.
+            entry = self._entries.get(key)
             if (
-                now is not None
-                and now[0] == generation
-                and self.clock() - now[1] < MAX_AGE
-                and accepted(*now[2])
+                entry is not None
+                and entry[0] == generation
+                and self.clock() - entry[1] < MAX_AGE
+                and accepted(*entry[2])
             ):
-                return now[2], stamp
-            return self.reload(username, sid, generation), None
+                flight.value = entry[2]
+                return entry[2], stamp
+            flight.value = self.reload(*key, generation)
+            return flight.value, None
         finally:
-            self._refreshing.release()
+            with self._flights_lock:
+                del self._flights[key, generation]
+            flight.done.set()
 
     def reload(self, username, sid, generation):
         """Read from SQL; cached under ``generation``, which must predate the read."""
@@ -200,4 +240,6 @@ def _generation_source(app):
 
 
 def init_app(app):
-    app.extensions["mlapi.principals"] = Principals(_generation_source(app))
+    app.extensions["mlapi.principals"] = Principals(
+        _generation_source(app), wait=float(app.config["DATABASE_TIMEOUT"])
+    )

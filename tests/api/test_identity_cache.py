@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -206,60 +207,187 @@ def test_a_refusal_is_never_served_from_the_cache():
     assert len(loads) == 2
 
 
-def _aged_entry():
-    """A cache of one generation ("g1") whose entry for alice has just passed MAX_AGE:
-    (cache, clock [now], the times it read SQL, an accept-all check)."""
-    now = [0.0]
-    loads = []
+class SlowSource:
+    """A principal source whose reads wait until the test lets them finish, as a slow
+    database would; ``loads`` records when each read began on the cache's clock."""
 
-    class Fixed:
-        def current(self):
-            return "g1"
+    def __init__(self, generation="g1"):
+        self.now = [0.0]
+        self.loads = []
+        self.release = threading.Event()
+        self.release.set()
+        self.generation = generation
+        self.failures = 0  # how many of the next reads fail, as a dropped connection does
 
-    def load(username, sid):
-        loads.append(now[0])
+    def current(self):
+        return self.generation
+
+    def load(self, username, sid):
+        self.loads.append(self.now[0])
+        if not self.release.wait(10):
+            raise TimeoutError("the test never let the read finish")
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the database went away")
         return ("principal", False)
 
-    cache = identity.Principals(Fixed(), load=load, clock=lambda: now[0])
-    accepted = lambda principal, revoked: True  # noqa: E731
-    cache.lookup("alice", "s1", accepted)
-    now[0] = identity.MAX_AGE + 0.1
-    return cache, now, loads, accepted
+    def cache(self, wait=10.0):
+        return identity.Principals(self, load=self.load, clock=lambda: self.now[0], wait=wait)
 
 
-def test_an_aged_entry_is_read_again_by_one_thread_at_a_time():
-    """Past MAX_AGE one thread re-reads; others serve the entry meanwhile, up to 2x."""
-    cache, now, loads, accepted = _aged_entry()
-    with cache._refreshing:  # another thread of the worker is reading it again
-        cache.lookup("alice", "s1", accepted)
-        assert loads == [0.0]
-        now[0] = 2 * identity.MAX_AGE + 0.1
-        cache.lookup("alice", "s1", accepted)
-        assert loads == [0.0, now[0]]
-    now[0] = 4 * identity.MAX_AGE
-    cache.lookup("alice", "s1", accepted)
-    assert len(loads) == 3
+def accept_all(principal, revoked):
+    return True
+
+
+def lookups(cache, count, deferred=False):
+    """Start ``count`` threads that look alice up at once; (threads, their answers)."""
+    answers = []
+    threads = [
+        threading.Thread(
+            target=lambda: answers.append(cache.lookup("alice", "s1", accept_all, deferred))
+        )
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads, answers
+
+
+def wait_for(condition):
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the threads never got there"
+        time.sleep(0.005)
+
+
+def test_threads_asking_at_once_for_an_uncached_user_share_one_read():
+    """Four threads of a worker meeting a new user at once send one SELECT, not four."""
+    source = SlowSource()
+    cache = source.cache()
+    source.release.clear()
+    threads, answers = lookups(cache, 4)
+    wait_for(lambda: len(source.loads) == 1 and len(cache._flights) == 1)
+    time.sleep(0.05)  # the other three are waiting for that read, not reading
+    assert len(source.loads) == 1
+    source.release.set()
+    for thread in threads:
+        thread.join()
+    assert answers == [(("principal", False), None)] * 4
+    assert len(source.loads) == 1
+
+
+def test_an_aged_entry_is_read_again_by_one_thread_while_others_serve_it():
+    """Past MAX_AGE one thread re-reads; others serve the entry meanwhile, up to twice
+    MAX_AGE, and past that wait for the read under way instead of starting their own."""
+    source = SlowSource()
+    cache = source.cache()
+    cache.lookup("alice", "s1", accept_all)
+    source.now[0] = identity.MAX_AGE + 0.1
+    source.release.clear()
+    reader, _ = lookups(cache, 1)
+    wait_for(lambda: len(source.loads) == 2)
+    assert cache.lookup("alice", "s1", accept_all) == (("principal", False), None)
+    source.now[0] = 2 * identity.MAX_AGE + 0.1
+    waiters, answers = lookups(cache, 3)
+    time.sleep(0.05)
+    assert answers == [] and len(source.loads) == 2
+    source.release.set()
+    for thread in reader + waiters:
+        thread.join()
+    assert answers == [(("principal", False), None)] * 3
+    assert len(source.loads) == 2
 
 
 def test_a_thread_that_finds_the_entry_read_again_meanwhile_does_not_read_it_too():
-    """Two threads see an aged entry; the first reads it again; the second, taking the lock
-    only after that, serves the new entry instead of a second read."""
-    cache, now, loads, accepted = _aged_entry()
-    lock = cache._refreshing
+    """A thread that saw an aged entry but leads only after another thread's read ended
+    serves that new entry instead of a second read."""
+    source = SlowSource()
+    cache = source.cache()
+    cache.lookup("alice", "s1", accept_all)
+    source.now[0] = identity.MAX_AGE + 0.1
+    aged = cache._entries["alice", "s1"]
+    cache.reload("alice", "s1", "g1")  # the other thread's read, just ended
+    assert len(source.loads) == 2
+    assert cache._read(("alice", "s1"), "g1", accept_all, None) == (("principal", False), None)
+    assert len(source.loads) == 2
+    assert cache._entries["alice", "s1"] is not aged
 
-    class FirstThreadFinishesFirst:
-        """The lock as the second thread meets it: the first thread's read just ended."""
 
-        def acquire(self, blocking=True):
-            cache.reload("alice", "s1", "g1")
-            return lock.acquire(blocking)
+def test_a_deferred_waiter_still_has_the_generation_checked():
+    """A shared read may have begun before the waiting request arrived, so a caller that
+    defers the generation check gets the generation back to check."""
+    source = SlowSource()
+    cache = source.cache()
+    cache.can_defer = True  # as with a Redis generation, which the budget's script checks
+    cache.known = "g1"
+    source.release.clear()
+    leader, _ = lookups(cache, 1, deferred=True)
+    wait_for(lambda: len(source.loads) == 1)
+    waiter, answers = lookups(cache, 1, deferred=True)
+    time.sleep(0.05)
+    source.release.set()
+    for thread in leader + waiter:
+        thread.join()
+    assert answers == [(("principal", False), "g1")]
 
-        def release(self):
-            lock.release()
 
-    cache._refreshing = FirstThreadFinishesFirst()
-    assert cache.lookup("alice", "s1", accepted) == (("principal", False), None)
-    assert loads == [0.0, now[0]]  # the first thread's read only
+def test_a_new_generation_is_not_served_by_a_read_of_the_old_one():
+    """A read under way when a change was announced cannot answer for the new generation."""
+    source = SlowSource()
+    cache = source.cache()
+    source.release.clear()
+    old, _ = lookups(cache, 1)
+    wait_for(lambda: len(source.loads) == 1)
+    source.generation = "g2"
+    new, answers = lookups(cache, 1)
+    wait_for(lambda: len(source.loads) == 2)
+    source.release.set()
+    for thread in old + new:
+        thread.join()
+    assert answers == [(("principal", False), None)]
+
+
+def test_a_waiter_reads_itself_when_the_shared_read_fails():
+    """A read that fails fails its own request only; the waiters try SQL themselves."""
+    source = SlowSource()
+    cache = source.cache()
+    source.release.clear()
+    source.failures = 1
+    failures = []
+
+    def leading():
+        try:
+            cache.lookup("alice", "s1", accept_all)
+        except ConnectionError as exc:
+            failures.append(exc)
+
+    leader = [threading.Thread(target=leading)]
+    leader[0].start()
+    wait_for(lambda: len(source.loads) == 1)
+    waiter, answers = lookups(cache, 1)
+    time.sleep(0.05)
+    source.release.set()
+    for thread in leader + waiter:
+        thread.join()
+    assert len(failures) == 1
+    assert answers == [(("principal", False), None)]
+    assert len(source.loads) == 2
+
+
+def test_a_waiter_reads_itself_when_the_shared_read_overruns():
+    """A read stuck past the database's deadline (a frozen database) holds its waiters no
+    longer than that deadline; then they try SQL themselves."""
+    source = SlowSource()
+    cache = source.cache(wait=0.2)
+    source.release.clear()
+    leader, _ = lookups(cache, 1)
+    wait_for(lambda: len(source.loads) == 1)
+    waiter, answers = lookups(cache, 1)
+    wait_for(lambda: len(source.loads) == 2)  # waited 0.2 s, then read itself
+    source.release.set()
+    for thread in leader + waiter:
+        thread.join()
+    assert answers == [(("principal", False), None)]
 
 
 def test_a_role_change_on_another_instance_applies_on_the_next_request(make_app, redis_url):
