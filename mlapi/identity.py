@@ -20,7 +20,6 @@ cached answer that would refuse a token is read again from SQL before it refuses
 """
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -28,7 +27,7 @@ import time
 from flask import current_app
 
 from mlapi import users
-from mlapi.ids import unique_id
+from mlapi.ids import process_id, unique_id
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +81,11 @@ class SQLiteGeneration:
     def _version(self):
         if self.path is None:  # an in-memory database lives in this process only
             return 0
-        if self._pid != os.getpid():  # never share a connection across gunicorn's fork
+        if self._pid != process_id():  # never share a connection across gunicorn's fork
             # No busy wait: a locked file means "unknown", and the SQL read that follows
             # waits MLAPI_DATABASE_TIMEOUT once (then 503) instead of twice.
             self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=0)
-            self._pid = os.getpid()
+            self._pid = process_id()
         return self._conn.execute("PRAGMA data_version").fetchone()[0]
 
     def current(self):

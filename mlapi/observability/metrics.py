@@ -16,16 +16,23 @@ import subprocess
 import sys
 
 from flask import current_app
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
+from mlapi.ids import process_id
 from mlapi.observability import tracing
 from mlapi.version import __version__
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+if MULTIPROCESS:
+    # Each file-backed write asks for the process id to notice a fork; the default,
+    # os.getpid, is a system call, six per request (prometheus_client 0.26's documented
+    # MultiProcessValue argument; ValueClass is the module name its metrics read, pinned
+    # in tests/unit/test_pinned_internals.py). Metrics created below use it.
+    values.ValueClass = values.MultiProcessValue(process_identifier=process_id)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A small model answers in tens of microseconds: buckets from 10 us to 1 s (then 2.5, 5, 10).
 MODEL_LATENCY_BUCKETS = (

@@ -3,7 +3,7 @@
 import os
 import threading
 
-from mlapi.ids import unique_id
+from mlapi.ids import process_id, unique_id
 
 
 def test_ids_are_32_hex_characters_and_never_repeat_across_threads():
@@ -36,3 +36,18 @@ def test_a_forked_worker_draws_its_own_prefix():
     after = unique_id()
     assert child[:16] != before[:16] == after[:16]
     assert len({before, child, after}) == 3
+
+
+def test_the_process_id_is_the_kernels_and_renewed_in_a_forked_child():
+    assert process_id() == os.getpid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, f"{process_id()} {os.getpid()}".encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode().split()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child[0] == child[1] == str(pid)
+    assert process_id() == os.getpid()

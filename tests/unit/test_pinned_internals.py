@@ -2,6 +2,7 @@
 one fails here, not silently in production."""
 
 import inspect
+import os
 
 import flask_limiter
 import psycopg
@@ -63,3 +64,46 @@ def test_flask_limiter_registers_the_hooks_mlapi_runs_only_when_it_ran():
     assert hooks.release.__qualname__ == "Limiter.__release_context"
     assert app.after_request_funcs[None] == [hooks.after_request]
     assert app.teardown_request_funcs[None] == [hooks.teardown]
+
+
+FORKED_METRICS = """
+import os, sys
+from prometheus_client import Counter, values
+from mlapi.observability import metrics
+
+assert values.ValueClass is not None and metrics.REQUESTS.labels("GET", "/x", "200")._value.__class__ is values.ValueClass
+counter = Counter("forked_total", "A counter written by two processes.")
+counter.inc()
+pid = os.fork()
+if pid == 0:
+    counter.inc(5)  # the child's own file, as a gunicorn worker's
+    os._exit(0)
+os.waitpid(pid, 0)
+counter.inc()
+print(os.getpid(), pid)
+"""
+
+
+def test_metrics_written_after_a_fork_go_to_the_childs_own_file(tmp_path):
+    """mlapi.observability.metrics replaces prometheus_client.values.ValueClass (0.26) with
+    MultiProcessValue(process_identifier=mlapi.ids.process_id): each process still writes
+    its own file, a forked child included, and /metrics sums them."""
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_METRICS], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    parent, child = done.stdout.split()
+    assert {p.name for p in tmp_path.glob("counter_*.db")} == {
+        f"counter_{parent}.db",
+        f"counter_{child}.db",
+    }
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    assert registry.get_sample_value("forked_total") == 7.0
