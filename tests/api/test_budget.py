@@ -157,3 +157,18 @@ def test_with_limits_kept_in_memory_the_budget_counts_there_too(make_app, redis_
         client.post("/v1/predict", json=BODY, headers=headers).status_code for _ in range(3)
     ]
     assert statuses == [200, 200, 429]
+
+
+def test_the_budget_packs_its_command_as_redis_py_does():
+    """budget._pack hands hiredis the command without redis-py's argument checks: the
+    bytes on the wire must be the ones redis-py's own packer sends."""
+    import redis
+
+    from mlapi import budget as budget_module
+
+    connection = redis.Connection()
+    command = ("EVALSHA", "0" * 40, 2, "limits:user:alice", "k:gen", "", 1000, 60, "1", "é")
+    assert budget_module.pack_command is not None  # hiredis is a pinned dependency
+    assert b"".join(budget_module._pack(connection, command)) == b"".join(
+        connection.pack_command(*command)
+    )
