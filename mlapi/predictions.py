@@ -11,7 +11,6 @@ import os
 from cachelib.serializers import BaseSerializer
 from flask import current_app, g
 from flask_caching.backends import RedisCache
-from flask_jwt_extended import current_user
 
 from config import ConfigurationError
 from mlapi.extensions import cache
@@ -94,14 +93,14 @@ def prediction_cache():
 def predict_one(name, features, version="unversioned"):
     """Model ``name``'s prediction for one vector, counted for the request's user."""
     model, value = registry().predict_one(name, features)
-    count_prediction(model, current_user.username, version=version)
+    count_prediction(model, version=version)
     return value
 
 
 def predict_rows(name, rows, version):
     """Model ``name``'s predictions for a list of rows, counted for the request's user."""
     model, values = registry().predict_rows(name, rows)
-    count_prediction(model, current_user.username, version=version, rows=len(rows))
+    count_prediction(model, version=version, rows=len(rows))
     return values
 
 

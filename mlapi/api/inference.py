@@ -14,7 +14,6 @@ whatever the Content-Type (tritonclient sends none).
 import math
 
 from flask import Blueprint, current_app, g, request
-from flask_jwt_extended import current_user
 from werkzeug.exceptions import HTTPException
 
 from mlapi.api import health
@@ -153,7 +152,7 @@ def infer(name, version=None):
     rows = check_batch(inference, model)
     wanted = binary.select_outputs(inference, [tensor.name for tensor in model.outputs])
     outputs = registry().infer(model, inference.inputs)
-    count_prediction(model, current_user.username, version="oip", rows=rows)
+    count_prediction(model, version="oip", rows=rows)
     header = {"model_name": model.name, "model_version": model.version}
     if inference.id is not None:
         header["id"] = inference.id

@@ -107,7 +107,7 @@ def predict_cached(features):
     per model version and feature vector for MLAPI_CACHE_TIMEOUT seconds."""
     lookup = g.pop("cache_lookup", None)
     model, value, cached = prediction_cache().predict(cached_model(), features, lookup)
-    count_prediction(model, current_user.username)
+    count_prediction(model)
     return {"prediction": value, "user": current_user.username, "cached": cached}
 
 

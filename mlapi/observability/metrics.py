@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from flask import current_app
+from flask_jwt_extended import current_user
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -117,9 +118,10 @@ _model_latency = bound_children(MODEL_LATENCY)
 _model_batch = bound_children(MODEL_BATCH)
 
 
-def count_prediction(model, username, version="unversioned", rows=1):
-    """Count ``rows`` predictions of ``model`` served through API ``version``."""
-    user = username if current_app.config["METRICS_PER_USER"] else ""
+def count_prediction(model, version="unversioned", rows=1):
+    """Count ``rows`` predictions of ``model`` served through API ``version`` (for the
+    request's user, who is looked up only with MLAPI_METRICS_PER_USER)."""
+    user = current_user.username if current_app.config["METRICS_PER_USER"] else ""
     _predictions(version, model.name, user).inc(rows)
 
 

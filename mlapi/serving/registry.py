@@ -37,6 +37,12 @@ class Snapshot:
     # what the poller compares to know whether to rebuild
     fingerprint: object = None
     loaded_at: float = field(default_factory=time.time)
+    # name -> the model at its highest version (what a request without a version gets)
+    latest: MappingProxyType = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        latest = {name: v[max(v, key=version_key)] for name, v in self.models.items() if v}
+        object.__setattr__(self, "latest", MappingProxyType(latest))
 
     @classmethod
     def of(cls, models, **kwargs):
@@ -84,11 +90,14 @@ class ModelRegistry:
     def get(self, name, version=None):
         """The model ``name`` at ``version`` or label (default: its highest); else ModelNotFound."""
         snapshot = self.snapshot
+        if version is None:
+            model = snapshot.latest.get(name)
+            if model is None:
+                raise ModelNotFound(name)
+            return model
         versions = snapshot.models.get(name)
         if not versions:
             raise ModelNotFound(name)
-        if version is None:
-            return versions[max(versions, key=version_key)]
         version = snapshot.labels.get(name, {}).get(version, version)
         if version not in versions:
             raise ModelNotFound(f"{name}:{version}")
