@@ -92,3 +92,26 @@ def test_unreachable_redis_invalidation_is_503_and_predictions_still_served(make
     assert "cache" in body["detail"]
     response = client.delete("/cache/invalidate", json=[1, 2], headers=headers)
     assert response.headers["Retry-After"] == "2"
+
+
+def test_cache_key_of_a_list_is_the_key_of_its_float64_array(app):
+    """Lists are packed with struct, arrays by numpy: one key for the same features, so
+    every worker and instance (and entries written before) agree."""
+    import numpy as np
+
+    from mlapi.serving.cache import cache_key
+
+    with app.app_context():
+        from mlapi.predictions import registry
+
+        model = registry().get("average")
+    rows = [
+        [1.0, 2.0, 3.0, 4.0],
+        [-0.0, 0.0, 5e-324, -5e-324],
+        [1.7976931348623157e308, -1.7976931348623157e308, 2.2250738585072014e-308],
+        [1, -7, 2**53 + 1, 2**70],
+        [0.1 + 0.2, 1 / 3, -(2**-1074)],
+        [],
+    ]
+    for row in rows:
+        assert cache_key(model, row) == cache_key(model, np.array(row, dtype=np.float64))
