@@ -24,6 +24,10 @@ class JsonLineFormatter(logging.Formatter):
 
 
 class JsonLogger(Logger):
+    # The access line's time, formatted once per second (as gunicorn's own access log
+    # formats its date), as (second, text).
+    _now = (None, "")
+
     def setup(self, cfg):
         super().setup(cfg)
         for handler in self.error_log.handlers:
@@ -41,9 +45,12 @@ class JsonLogger(Logger):
         # gunicorn's own error answers (a 400 for a malformed head) set only resp.status.
         status = getattr(resp, "status_code", None) or int(str(resp.status).split(None, 1)[0])
         method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+        second = int(time.time())
+        if self._now[0] != second:
+            self._now = (second, time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second)))
         fields = {
             # The keys and order of the app's JSON lines (mlapi/observability/logs.py).
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "time": self._now[1],
             "level": logging.getLevelName(level),
             "logger": self.access_log.name,
             "message": f"{method} {path} {status}",
@@ -64,7 +71,12 @@ class JsonLogger(Logger):
         if trace_id:
             fields["trace_id"] = trace_id
             fields["span_id"] = environ.get("mlapi.span_id")
+        log = self.access_log
         try:
-            self.access_log.log(level, json.dumps(fields))
+            # Logger.log without its search of the stack for the caller: the line is JSON
+            # already and names no source line.
+            log.handle(
+                log.makeRecord(log.name, level, "(unknown file)", 0, json.dumps(fields), None, None)
+            )
         except Exception:
             self.exception("could not write the access log line")
