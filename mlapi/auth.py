@@ -129,6 +129,12 @@ def load_user(_header, data):
     return user
 
 
+def current_username():
+    """``current_user.username`` of an authenticated view: the name the user loader
+    recorded for the logs, without the walk through flask-jwt-extended's proxy."""
+    return request.environ["mlapi.user"]
+
+
 @jwt.token_verification_loader
 def verify_token_shape(header, data):
     """Refuse tokens with headers we never issue (kid, jku, jwk, crit, ...) or without exp."""

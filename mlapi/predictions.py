@@ -33,13 +33,16 @@ class JSONSerializer(BaseSerializer):
         if bvalue is None:
             return None
         try:
-            return json.loads(bvalue)
+            return json.loads(bvalue.decode())  # dumps wrote UTF-8 (RFC 8259's only encoding)
         except ValueError:
             return None
 
 
+JSON_SERIALIZER = JSONSerializer()
+
+
 class JSONRedisCache(RedisCache):
-    serializer = JSONSerializer()
+    serializer = JSON_SERIALIZER
 
     @classmethod
     def factory(cls, app, config, args, kwargs):
@@ -63,7 +66,7 @@ class GuardedStore:
     def get(self, key):
         prefetched = g.get("prefetched_cache")
         if prefetched and key in prefetched:  # read with the budget (mlapi/budget.py)
-            return JSONSerializer().loads(prefetched.pop(key))
+            return JSON_SERIALIZER.loads(prefetched.pop(key))
         return self._call(cache.get, key)
 
     def set(self, key, value):

@@ -1,7 +1,6 @@
 """The tutorial's unversioned endpoints."""
 
 from flask import Blueprint, current_app, g, request
-from flask_jwt_extended import current_user
 
 from mlapi.api.bodies import body, read
 from mlapi.api.decorators import PROBLEMS, prediction
@@ -16,7 +15,7 @@ from mlapi.api.schemas import (
     ServiceIndex,
     UserPrediction,
 )
-from mlapi.auth import admin_required, token_required
+from mlapi.auth import admin_required, current_username, token_required
 from mlapi.extensions import limiter
 from mlapi.limits import by_address, by_user, config_limit, remaining
 from mlapi.observability.metrics import count_prediction
@@ -51,7 +50,7 @@ def public():
 @body(Features)
 def predict(features):
     """Mean of the features, with the authenticated user's name."""
-    return {"prediction": predict_one("average", features), "user": current_user.username}
+    return {"prediction": predict_one("average", features), "user": current_username()}
 
 
 @bp.post("/predict-limited")
@@ -108,7 +107,7 @@ def predict_cached(features):
     lookup = g.pop("cache_lookup", None)
     model, value, cached = prediction_cache().predict(cached_model(), features, lookup)
     count_prediction(model)
-    return {"prediction": value, "user": current_user.username, "cached": cached}
+    return {"prediction": value, "user": current_username(), "cached": cached}
 
 
 @bp.delete("/cache/invalidate")

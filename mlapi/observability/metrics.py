@@ -94,8 +94,11 @@ def count_auth_failure(reason):
     AUTH_FAILURES.labels(reason).inc()
 
 
+_CACHE_OUTCOMES = {"hit": CACHE_HITS, "miss": CACHE_MISSES, "error": CACHE_ERRORS}
+
+
 def count_cache(outcome):
-    {"hit": CACHE_HITS, "miss": CACHE_MISSES, "error": CACHE_ERRORS}[outcome].inc()
+    _CACHE_OUTCOMES[outcome].inc()
 
 
 def bound_children(metric):
