@@ -223,7 +223,7 @@ class Budget:
             self._memory = MovingWindowRateLimiter(storage)
         return self._memory
 
-    def spend(self, cost, stamp, recheck, cache_key=None, own_headers=True):
+    def spend(self, cost, stamp, recheck, lookup=None, own_headers=True):
         """Take ``cost`` from the user's budget; raise 429 when it is spent.
 
         With ``own_headers`` (the view has no flask-limiter limit whose headers would
@@ -232,8 +232,9 @@ class Budget:
 
         ``stamp`` is the generation the request's user was served at (None if read from
         SQL on this request); ``recheck(generation)`` reads the user again and raises
-        401 when the token is no longer accepted. The cached value of ``cache_key``,
-        when read in the same round trip, goes to ``g.prefetched_cache``.
+        401 when the token is no longer accepted. With ``lookup`` (a
+        :class:`mlapi.serving.cache.Lookup`), the cached value of its key is read in the
+        same round trip into ``lookup.prefetched``.
         """
         item = self.item()
         args = [a for a in (self.key_prefix, f"user:{get_jwt_identity()}", SCOPE) if a]
@@ -246,7 +247,7 @@ class Budget:
             import redis
 
             try:
-                window = self._spend_in_redis(item, key, cost, stamp, recheck, cache_key)
+                window = self._spend_in_redis(item, key, cost, stamp, recheck, lookup)
             except (redis.exceptions.RedisError, OSError):  # not the 401s it raises
                 self.breaker.trip()
                 log.warning("prediction budget counted in memory: Redis failed", exc_info=True)
@@ -256,17 +257,17 @@ class Budget:
             window = self._spend_in_memory(item, args, key, cost, shared)
         self._finish(window, own_headers)
 
-    def _spend_in_redis(self, item, key, cost, stamp, recheck, cache_key):
+    def _spend_in_redis(self, item, key, cost, stamp, recheck, lookup):
         # The storage's own prefix, so this list is the one limits' RedisStorage keeps.
         active = g.pop("active_user_write", None) or (self.generation_key, "")
         keys = [
             limiter.storage.prefixed_key(key),
             self.generation_key,
-            self.cache_prefix + (cache_key or ""),
+            self.cache_prefix + (lookup.key if lookup is not None else ""),
             active[0],
         ]
         argv = [stamp or "", item.amount, item.get_expiry(), cost]
-        argv += ["1" if cache_key is not None else "", active[1], unique_id()]
+        argv += ["1" if lookup is not None else "", active[1], unique_id()]
         result = self._run(keys, argv)
         if result[0] == -1:
             generation = result[1].decode() if result[1] else None
@@ -279,8 +280,8 @@ class Budget:
         remaining = item.amount - int(count)
         end = float(oldest) + item.get_expiry()
         window = Window(item, bool(accepted), remaining, end, float(now))
-        if cache_key is not None:
-            g.prefetched_cache = {cache_key: cached or None}
+        if lookup is not None:
+            lookup.prefetched = cached or None
         return window
 
     def _run(self, keys, argv):

@@ -7,9 +7,10 @@ the files of MLAPI_MODEL_DIR) and one prediction cache to each app.
 import json
 import logging
 import os
+import re
 
 from cachelib.serializers import BaseSerializer
-from flask import current_app, g
+from flask import current_app
 from flask_caching.backends import RedisCache
 
 from config import ConfigurationError
@@ -22,6 +23,9 @@ from mlapi.serving.reload import ControlUnavailable, FileControl, RedisControl, 
 
 log = logging.getLogger(__name__)
 
+# A JSON number with a fraction or an exponent, which json.loads reads with float().
+JSON_FLOAT = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)")
+
 
 class JSONSerializer(BaseSerializer):
     """Cache values as JSON: a writable Redis must not be a way to unpickle code here."""
@@ -32,6 +36,8 @@ class JSONSerializer(BaseSerializer):
     def loads(self, bvalue):
         if bvalue is None:
             return None
+        if JSON_FLOAT.fullmatch(bvalue):  # a cached prediction: what json.loads does with it
+            return float(bvalue)
         try:
             return json.loads(bvalue.decode())  # dumps wrote UTF-8 (RFC 8259's only encoding)
         except ValueError:
@@ -64,10 +70,11 @@ class GuardedStore:
         return self.breaker.call(fn, *args) if self.breaker else fn(*args)
 
     def get(self, key):
-        prefetched = g.get("prefetched_cache")
-        if prefetched and key in prefetched:  # read with the budget (mlapi/budget.py)
-            return JSON_SERIALIZER.loads(prefetched.pop(key))
         return self._call(cache.get, key)
+
+    def decode(self, raw):
+        """A stored value read by someone else (the budget's round trip, mlapi/budget.py)."""
+        return JSON_SERIALIZER.loads(raw)
 
     def set(self, key, value):
         return self._call(cache.set, key, value)

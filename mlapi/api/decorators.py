@@ -14,22 +14,25 @@ from mlapi.budget import budget
 PROBLEMS = {f"HTTP_{code}": Problem for code in (400, 401, 413, 415, 422, 429)}
 
 
-def per_user_predictions(view=None, *, cache_key=None, own_headers=True):
+def per_user_predictions(view=None, *, cache_lookup=None, own_headers=True):
     """Spend the user's prediction budget (mlapi/budget.py) before the view runs.
 
     Every authenticated prediction endpoint shares one per-user budget. A batch costs
     one request, or its number of rows when MLAPI_BATCH_COUNTS_ROWS is true.
-    ``cache_key()``, when given, names the cached prediction read in the same round trip.
+    ``cache_lookup()``, when given, names the cached prediction read in the same round
+    trip (a :class:`mlapi.serving.cache.Lookup`, or None).
     ``own_headers`` is false when the view has flask-limiter limits of its own, whose
     headers the response then carries.
     """
     if view is None:
-        return lambda view: per_user_predictions(view, cache_key=cache_key, own_headers=own_headers)
+        return lambda view: per_user_predictions(
+            view, cache_lookup=cache_lookup, own_headers=own_headers
+        )
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        key = cache_key() if cache_key is not None else None
-        budget().spend(batch_cost(), g.get("identity_stamp"), recheck, key, own_headers)
+        lookup = cache_lookup() if cache_lookup is not None else None
+        budget().spend(batch_cost(), g.get("identity_stamp"), recheck, lookup, own_headers)
         return view(*args, **kwargs)
 
     # Tells the token check that this view verifies the identity generation itself.
@@ -37,7 +40,7 @@ def per_user_predictions(view=None, *, cache_key=None, own_headers=True):
     return wrapper
 
 
-def prediction(out, tags=("predict",), limits=(), cache_key=None):
+def prediction(out, tags=("predict",), limits=(), cache_lookup=None):
     """A bearer token, then ``limits`` (extra limiter decorators), then the per-user
     prediction limit; documented with response ``out`` and the body named by ``@body``."""
 
@@ -47,7 +50,7 @@ def prediction(out, tags=("predict",), limits=(), cache_key=None):
             tags=list(tags),
             security={"bearer": []},
         )(view)
-        view = per_user_predictions(view, cache_key=cache_key, own_headers=not limits)
+        view = per_user_predictions(view, cache_lookup=cache_lookup, own_headers=not limits)
         for limit in reversed(limits):
             view = limit(view)
         return token_required(view)

@@ -20,7 +20,7 @@ from mlapi.extensions import limiter
 from mlapi.limits import by_address, by_user, config_limit, remaining
 from mlapi.observability.metrics import count_prediction
 from mlapi.predictions import predict_one, prediction_cache, registry
-from mlapi.serving.cache import cache_key
+from mlapi.serving.cache import Lookup, cache_key
 
 bp = Blueprint("api", __name__)
 
@@ -85,27 +85,28 @@ def cached_model():
     return request.args.get("model", "average")
 
 
-def cached_prediction_key():
-    """The cache key of this body's features, read with the budget; None if the body or
-    model is invalid (the view then answers, after the limit, as on every view). The
-    view looks the same model and key up (``g.cache_lookup``), not computing them again."""
+def cached_prediction_lookup():
+    """The cache lookup of this body's features (model and key), whose value the budget's
+    round trip reads; None if the body or model is invalid (the view then answers, after
+    the limit, as on every view). The view takes it over (``g.cache_lookup``)."""
     try:
         model = registry().get(cached_model())
-        key = cache_key(model, read(Features))
+        lookup = Lookup(model, cache_key(model, read(Features)))
     except Exception:
         return None
-    g.cache_lookup = (model, key)
-    return key
+    g.cache_lookup = lookup
+    return lookup
 
 
 @bp.post("/predict-cached")
-@prediction(CachedPrediction, cache_key=cached_prediction_key)
+@prediction(CachedPrediction, cache_lookup=cached_prediction_lookup)
 @body(Features)
 def predict_cached(features):
     """A model's prediction (``?model=<name>``, default ``average``: the mean), cached
     per model version and feature vector for MLAPI_CACHE_TIMEOUT seconds."""
     lookup = g.pop("cache_lookup", None)
-    model, value, cached = prediction_cache().predict(cached_model(), features, lookup)
+    name = cached_model() if lookup is None else lookup.model.name
+    model, value, cached = prediction_cache().predict(name, features, lookup)
     count_prediction(model)
     return {"prediction": value, "user": current_username(), "cached": cached}
 

@@ -28,8 +28,25 @@ def cache_key(model, features):
     return f"prediction:{model.name}:{model.version}:{hashlib.sha256(data).hexdigest()}"
 
 
+NOT_READ = object()
+
+
+class Lookup:
+    """One request's lookup: the model, the key of its features, and the stored value
+    once something read it on the way (``prefetched``, None for nothing stored), so the
+    view neither computes the key again nor reads the store a second time."""
+
+    __slots__ = ("model", "key", "prefetched")
+
+    def __init__(self, model, key):
+        self.model = model
+        self.key = key
+        self.prefetched = NOT_READ
+
+
 class PredictionCache:
-    """Predictions of a registry through a store with ``get``, ``set`` and ``delete``.
+    """Predictions of a registry through a store with ``get``, ``set``, ``delete`` and
+    ``decode`` (of a stored value read elsewhere).
 
     ``count(outcome)`` is told "hit", "miss" or "error" for each lookup.
     """
@@ -42,13 +59,17 @@ class PredictionCache:
     def predict(self, name, features, lookup=None):
         """Predict with model ``name``, through the cache; returns (model, value, was_cached).
 
-        ``lookup``, when given, is the (model, key) already looked up for these features;
-        the value computed on a miss is that model's, so it is the one the key names.
+        ``lookup``, when given, is the :class:`Lookup` of these features; the value
+        computed on a miss is its model's, so it is the one the key names.
         """
-        model, key = lookup if lookup is not None else (self.registry.get(name), None)
-        key = key or cache_key(model, features)
+        if lookup is None:
+            lookup = Lookup(self.registry.get(name), None)
+        model, key = lookup.model, lookup.key or cache_key(lookup.model, features)
         try:
-            value = self.store.get(key)
+            if lookup.prefetched is NOT_READ:
+                value = self.store.get(key)
+            else:
+                value = self.store.decode(lookup.prefetched)
         except Exception:
             log.warning("prediction cache unavailable; computing without it", exc_info=True)
             self.count("error")

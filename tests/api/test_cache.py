@@ -115,3 +115,37 @@ def test_cache_key_of_a_list_is_the_key_of_its_float64_array(app):
     ]
     for row in rows:
         assert cache_key(model, row) == cache_key(model, np.array(row, dtype=np.float64))
+
+
+def test_cached_values_decode_as_json_does():
+    """The serializer's float fast path agrees with json.loads on everything stored."""
+    import json
+    import math
+
+    from mlapi.predictions import JSON_SERIALIZER
+
+    texts = [json.dumps(x) for x in (2.5, -0.0, 1e16, 1e-320, 1.7976931348623157e308, 0.1 + 0.2)]
+    texts += [
+        "1",
+        "-7",
+        "1E5",
+        "2.5e-3",
+        " 2.5",
+        "2.5 ",
+        "1_0",
+        "01.5",
+        "NaN",
+        "Infinity",
+        "[1.0]",
+        "x",
+    ]
+    for text in texts:
+        raw = text.encode()
+        try:
+            expected = json.loads(text)
+        except ValueError:
+            expected = None
+        got = JSON_SERIALIZER.loads(raw)
+        assert type(got) is type(expected), text
+        assert got == expected or (math.isnan(got) and math.isnan(expected)), text
+    assert JSON_SERIALIZER.loads(None) is None
