@@ -21,6 +21,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 MIGRATIONS = migrations.DIRECTORY
 # pg_advisory_lock key: any constant shared by every mlapi process.
 SCHEMA_LOCK_KEY = 7_266_241_001
+# Seconds to wait for another process's schema upgrade.
+SCHEMA_LOCK_WAIT = 120
 
 
 # The database is down, locked, or too slow: a 503 for the API, one sentence for the CLI.
@@ -72,7 +75,15 @@ def schema_lock(app):
     """Hold a lock that serialises schema upgrades across processes."""
     if db.dialect == "postgresql":
         with db.connect() as conn:
-            conn.execute("SELECT pg_advisory_lock(:k)", {"k": SCHEMA_LOCK_KEY})
+            # Asked again and again rather than waited for in one statement, which the
+            # statement timeout would end while another process migrates.
+            deadline = time.monotonic() + SCHEMA_LOCK_WAIT
+            while not conn.scalar("SELECT pg_try_advisory_lock(:k)", {"k": SCHEMA_LOCK_KEY}):
+                if time.monotonic() > deadline:
+                    raise sql.Unavailable(
+                        f"another process held the schema lock for {SCHEMA_LOCK_WAIT} s"
+                    )
+                time.sleep(0.2)
             try:
                 yield
             finally:

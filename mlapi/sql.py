@@ -235,7 +235,9 @@ class Database:
                 self.target,
                 timeout=float(self.url.query.get("timeout", self.timeout)),
                 isolation_level=None,
-                check_same_thread=not self.in_memory,
+                # Used by one thread (or, in memory, under a lock); dispose() may close
+                # it from another.
+                check_same_thread=False,
                 uri=self.uri,
                 factory=_SQLiteConnection,
             )

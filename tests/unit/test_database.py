@@ -147,3 +147,29 @@ def test_url_parts_and_hidden_password():
 def test_unusable_urls_are_refused(text):
     with pytest.raises(ValueError):
         sql.parse_url(text)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_processes_starting_together_on_a_fresh_database_upgrade_it_once(make_app, backend):
+    """Under the schema lock one upgrades (in a child process) while the others wait, longer
+    than the statement timeout if need be; every app then finds the schema at head."""
+    from mlapi.database import current_revision, head_revision
+
+    apps, errors = [], []
+
+    def start():
+        try:
+            apps.append(make_app(DATABASE_TIMEOUT=0.5))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(apps) == 3
+    for app in apps:
+        with app.app_context():
+            assert current_revision() == head_revision()
+            users.create(f"user-{id(app)}", PASSWORD)
