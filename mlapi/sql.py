@@ -251,8 +251,9 @@ class Database:
                 "user": url.username,
                 "password": url.password,
                 "dbname": url.database or None,
-                **self.connect_args,
+                # libpq parameters in the URL, then mlapi's bounds (as SQLAlchemy gave them).
                 **url.query,
+                **self.connect_args,
             }
             params = {key: value for key, value in params.items() if value is not None}
             raw = DeadlineConnection.connect(autocommit=True, **params)
