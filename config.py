@@ -8,7 +8,7 @@ parsed and checked by pydantic at start, and a bad one stops the process with on
 JSON log line naming it (:func:`start`, :func:`checked_settings`).
 
 :func:`configure` applies them to an app, checks them, loads the secret, and derives
-the settings of the libraries (``SQLALCHEMY_*``, ``JWT_*``, ``RATELIMIT_*``,
+the settings of the libraries (``DATABASE_*``, ``JWT_*``, ``RATELIMIT_*``,
 ``CACHE_*``) from them; a library key set explicitly wins over the derived one.
 """
 
@@ -26,7 +26,6 @@ from datetime import timedelta
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
 from limits import parse_many
 from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
 
@@ -60,14 +59,11 @@ def _rate_limit(value):
     return value
 
 
-def _sqlalchemy_url(value):
+def _database_url(value):
     if value is not None:
-        try:
-            sa.engine.make_url(value)
-        except sa.exc.ArgumentError:
-            raise ValueError(
-                "not a database URL like 'postgresql+psycopg://user:pw@host/db'"
-            ) from None
+        from mlapi.sql import parse_url  # after config itself: mlapi imports config
+
+        parse_url(value)  # its ValueError says what is wrong
     return value
 
 
@@ -117,8 +113,9 @@ class Config:
     # production a random key is generated once into the instance folder.
     SECRET_KEY: str | None = None
 
-    # Storage. SQLite under the instance folder unless a SQLAlchemy URL is given.
-    DATABASE_URL: Annotated[str | None, AfterValidator(_sqlalchemy_url)] = None
+    # Storage. SQLite under the instance folder unless a URL is given: sqlite:///path
+    # (relative: under the instance folder) or postgresql+psycopg://user:pw@host:port/db.
+    DATABASE_URL: Annotated[str | None, AfterValidator(_database_url)] = None
     # Seconds any one database wait may take: a PostgreSQL statement (ended by the server)
     # and every answer from it (a client-side deadline, for a frozen server), a free pooled
     # connection, and SQLite's wait for a lock. New PostgreSQL connections: at least 2 s.
@@ -384,23 +381,24 @@ def checked_settings():
 def wait_for_database(url, seconds, timeout=2.0):
     """Wait up to ``seconds`` for the database at ``url`` to accept a connection, logging
     each failed attempt; then ConfigurationError. SQLite needs no wait."""
-    if not url or sa.engine.make_url(url).get_backend_name() == "sqlite":
+    from mlapi.sql import Database, Unavailable, parse_url
+
+    if not url or parse_url(url).backend == "sqlite":
         return
     url = url.replace("postgres://", "postgresql://", 1)
-    shown = sa.engine.make_url(url).render_as_string(hide_password=True)
-    connect_args = engine_options(url, timeout).get("connect_args", {})
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    shown = parse_url(url).shown()
+    database = Database(url, timeout, connect_arguments(url, timeout))
     deadline = time.monotonic() + seconds
     attempt = 0
     try:
         while True:
             attempt += 1
             try:
-                with engine.connect() as conn:
-                    conn.execute(sa.text("SELECT 1"))
+                with database.connect() as conn:
+                    conn.execute("SELECT 1")
                 return
-            except sa.exc.OperationalError as exc:
-                reason = str(exc.orig or exc).strip().splitlines()[0]
+            except Unavailable as exc:
+                reason = str(exc.__cause__ or exc).strip().splitlines()[0]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise refused(
@@ -418,7 +416,7 @@ def wait_for_database(url, seconds, timeout=2.0):
                 )
                 time.sleep(min(1.0, left))
     finally:
-        engine.dispose()
+        database.dispose()
 
 
 def instance_path():
@@ -586,41 +584,35 @@ def database_url(config, folder):
     return "sqlite:///" + os.path.join(folder, "mlapi.db")
 
 
-def engine_options(url, timeout):
-    """Engine settings that bound every wait on the database by about ``timeout`` seconds
-    (with mlapi.postgres's client-side deadline, which database.init_app adds)."""
-    backend = sa.engine.make_url(url).get_backend_name()
-    if backend == "postgresql":
-        millis = int(timeout * 1000)
-        return {
-            "pool_pre_ping": True,
-            # Waiting for a free pooled connection.
-            "pool_timeout": timeout,
-            "connect_args": {
-                # New connections (libpq counts whole seconds, at least 2).
-                "connect_timeout": max(2, math.ceil(timeout)),
-                # The server ends slow statements and lock waits itself...
-                "options": f"-c statement_timeout={millis} -c lock_timeout={min(millis, 2000)}",
-                # ...and the kernel drops a connection whose packets go unacknowledged
-                # (a network black hole) or whose idle peer vanished.
-                "tcp_user_timeout": millis,
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 2,
-                "keepalives_count": 3,
-            },
-        }
-    if backend == "sqlite":
-        # A locked database answers 503 after this many seconds instead of hanging.
-        return {"connect_args": {"timeout": timeout}}
-    return {"pool_pre_ping": True, "pool_timeout": timeout}
+def connect_arguments(url, timeout):
+    """psycopg connection parameters that bound every wait on PostgreSQL by about
+    ``timeout`` seconds (with mlapi.postgres's client-side deadline, which mlapi.sql adds
+    to every connection). SQLite needs none: mlapi.sql gives it ``timeout`` for locks."""
+    from mlapi.sql import parse_url
+
+    if parse_url(url).backend != "postgresql":
+        return {}
+    millis = int(timeout * 1000)
+    return {
+        # New connections (libpq counts whole seconds, at least 2).
+        "connect_timeout": max(2, math.ceil(timeout)),
+        # The server ends slow statements and lock waits itself...
+        "options": f"-c statement_timeout={millis} -c lock_timeout={min(millis, 2000)}",
+        # ...and the kernel drops a connection whose packets go unacknowledged
+        # (a network black hole) or whose idle peer vanished.
+        "tcp_user_timeout": millis,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+    }
 
 
 def database_settings(config, folder):
     url = database_url(config, folder)
-    config["SQLALCHEMY_DATABASE_URI"] = url
+    config["DATABASE_URI"] = url
     config.setdefault(
-        "SQLALCHEMY_ENGINE_OPTIONS", engine_options(url, float(config["DATABASE_TIMEOUT"]))
+        "DATABASE_CONNECT_ARGS", connect_arguments(url, float(config["DATABASE_TIMEOUT"]))
     )
 
 

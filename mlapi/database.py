@@ -1,44 +1,51 @@
-"""The SQL database: the engine, the schema migrated on first use, and the one way to
-change users or revocations (config.py derives the engine's settings).
+"""The SQL database: connections (mlapi.sql), the schema migrated on first use, and the
+one way to change users or revocations (config.py derives the settings).
 
-The request path uses SQLAlchemy Core only: tables on ``db.metadata`` (mlapi.users,
-mlapi.revocation) and connections of an engine built here, without an ORM session.
+Serving processes use the DB-API drivers through mlapi.sql, without SQLAlchemy: the
+tables are plain SQL in mlapi.users and mlapi.revocation.
 
-The schema is managed by Alembic (Flask-Migrate). Every process that starts
-checks the database's revision against the newest migration; if they differ it
-runs ``upgrade`` under a lock, so a fresh database works with no extra step and
-concurrent workers or hosts never race to create it. Alembic is imported only
-when there is something to upgrade (it costs each worker about 10 MiB).
+The schema is managed by Alembic (Flask-Migrate; mlapi.schema holds the SQLAlchemy
+tables). Every process that starts reads the database's revision with one SELECT and
+compares it with the newest migration's; if they differ it runs the upgrade under a
+lock, in a child process (``python -m mlapi.schema``), so a fresh database works with
+no extra step, concurrent workers or hosts never race to create it, and neither
+SQLAlchemy nor Alembic stays in the server's memory (about 24 MiB per worker).
 """
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
-import sqlalchemy as sa
 from flask import current_app
 
+from mlapi import migrations, sql
 from mlapi.extensions import db
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+MIGRATIONS = migrations.DIRECTORY
 # pg_advisory_lock key: any constant shared by every mlapi process.
 SCHEMA_LOCK_KEY = 7_266_241_001
+# Seconds to wait for another process's schema upgrade.
+SCHEMA_LOCK_WAIT = 120
 
 
 # The database is down, locked, or too slow: a 503 for the API, one sentence for the CLI.
-UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+UNAVAILABLE = (sql.Unavailable,)
 
 
 def unavailable_reason(exc):
     """The first line of the driver's message, e.g. "database is locked"."""
-    original = getattr(exc, "orig", None) or exc
+    original = exc.__cause__ or exc
     lines = str(original).strip().splitlines() or [type(original).__name__]
     return lines[0].strip().rstrip(".")[:200]
 
@@ -52,7 +59,7 @@ def identity_change():
     them, so each worker's cache of token users (mlapi.identity) sees the change on its
     next request.
     """
-    with db.engine.begin() as conn:
+    with db.transaction() as conn:
         yield conn
     principals = current_app.extensions.get("mlapi.principals")
     if principals is not None:  # identity.init_app sets it
@@ -66,14 +73,21 @@ class MigrationRefused(RuntimeError):
 @contextlib.contextmanager
 def schema_lock(app):
     """Hold a lock that serialises schema upgrades across processes."""
-    if db.engine.dialect.name == "postgresql":
-        with db.engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+    if db.dialect == "postgresql":
+        with db.connect() as conn:
+            # Asked again and again rather than waited for in one statement, which the
+            # statement timeout would end while another process migrates.
+            deadline = time.monotonic() + SCHEMA_LOCK_WAIT
+            while not conn.scalar("SELECT pg_try_advisory_lock(:k)", {"k": SCHEMA_LOCK_KEY}):
+                if time.monotonic() > deadline:
+                    raise sql.Unavailable(
+                        f"another process held the schema lock for {SCHEMA_LOCK_WAIT} s"
+                    )
+                time.sleep(0.2)
             try:
                 yield
             finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
-                conn.commit()
+                conn.execute("SELECT pg_advisory_unlock(:k)", {"k": SCHEMA_LOCK_KEY})
         return
     make_private_folder(app.instance_path)
     path = os.path.join(app.instance_path, "schema.lock")
@@ -90,15 +104,14 @@ def make_private_folder(path):
     os.makedirs(path, mode=0o700, exist_ok=True)
 
 
-def create_sqlite_file(url):
+def create_sqlite_file(database):
     """Create a file-backed SQLite database as an empty file of mode 0600 before SQLite does.
 
     SQLite creates files with mode 0644 (less the umask) and gives its journal and WAL
     files the database file's mode, so the password hashes stay the owner's.
     """
-    url = sa.engine.make_url(url)
-    path = url.database
-    if url.get_backend_name() != "sqlite" or not path or path == ":memory:" or url.query:
+    path = database.path
+    if database.dialect != "sqlite" or path is None or database.uri:
         return
     if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         return  # SQLite reports the missing folder itself
@@ -127,93 +140,99 @@ def head_revision():
     return head
 
 
+def _no_such_table(exc):
+    cause = exc.__cause__
+    # PostgreSQL: undefined_table; SQLite: "no such table: alembic_version".
+    return getattr(cause, "sqlstate", None) == "42P01" or "no such table" in str(cause)
+
+
 def current_revision():
     """The database's Alembic revision, or None for a fresh database."""
     try:
-        with db.engine.connect() as conn:
-            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    except sa.exc.ProgrammingError:  # PostgreSQL: no such table
-        return None
-    except sa.exc.OperationalError as exc:  # SQLite: no such table; anything else is real
-        if "no such table" in str(exc):
+        with db.connect() as conn:
+            return conn.scalar("SELECT version_num FROM alembic_version")
+    except sql.DatabaseError as exc:
+        if _no_such_table(exc):
             return None
         raise
 
 
 def init_migrations(app):
-    """Bind Flask-Migrate (for ``upgrade`` and the ``flask db`` commands)."""
+    """Bind Flask-Migrate (for ``upgrade`` and the ``flask db`` commands): loads SQLAlchemy
+    and Alembic, for the CLI."""
     from flask_migrate import Migrate
 
+    from mlapi.schema import MigrationTarget
+
     if "migrate" not in app.extensions:
-        Migrate(app, db, directory=MIGRATIONS)
+        Migrate(app, MigrationTarget(app.extensions["mlapi.sql"]), directory=MIGRATIONS)
 
 
 def ensure_schema(app):
     """Bring the schema to the latest migration (idempotent)."""
     with app.app_context():
-        if current_revision() == head_revision():
+        head = head_revision()
+        if current_revision() == head:
             return
-        from flask_migrate import upgrade
-
-        init_migrations(app)
         with schema_lock(app):
-            upgrade(directory=MIGRATIONS)
+            if current_revision() != head:  # or another process did it meanwhile
+                upgrade(db._get_current_object())
 
 
-def engine_arguments(url, options, instance_path):
-    """The URL and options to build the engine with: ``options`` plus the defaults
-    Flask-SQLAlchemy 3.1 gave, which mlapi relied on before it built its own engine.
+def upgrade(database):
+    """Run the pending migrations: here for an in-memory database (no other process can
+    see it), else in a child process, so that this one never loads Alembic.
 
-    SQLite: a relative file path is under the instance folder; an in-memory database
-    is one connection shared by every thread (StaticPool), or each connection would see
-    a database of its own. MySQL: utf8mb4, and connections recycled after 2 hours.
+    A migration that refuses (Flask-Migrate logs why) exits as Flask-Migrate does,
+    with status 1, after logging the child's report here.
     """
-    url = sa.engine.make_url(url)
-    options = dict(options)
-    if url.drivername in ("sqlite", "sqlite+pysqlite"):
-        if url.database in (None, "", ":memory:"):
-            options["poolclass"] = sa.pool.StaticPool
-            options["connect_args"] = {
-                **options.get("connect_args", {}),
-                "check_same_thread": False,
-            }
-        else:
-            # sqlite:///file:path?uri=true names the file after "file:".
-            is_uri = url.query.get("uri", False)
-            path = url.database[5:] if is_uri else url.database
-            if not os.path.isabs(path):
-                path = os.path.join(instance_path, path)
-                url = url.set(database=f"file:{path}" if is_uri else path)
-    elif url.drivername.startswith("mysql"):
-        if options.get("poolclass", sa.pool.QueuePool) is sa.pool.QueuePool:
-            options.setdefault("pool_recycle", 7200)
-        if "charset" not in url.query:
-            url = url.update_query_dict({"charset": "utf8mb4"})
-    return url, options
+    if database.in_memory:
+        from mlapi.schema import upgrade_database
 
-
-def create_engine(app):
-    """The app's engine, from SQLALCHEMY_DATABASE_URI and SQLALCHEMY_ENGINE_OPTIONS."""
-    url, options = engine_arguments(
-        app.config["SQLALCHEMY_DATABASE_URI"],
-        app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
-        app.instance_path,
+        upgrade_database(database)
+        return
+    spec = {
+        "url": database.url_text,
+        "instance_path": database.instance_path,
+        "timeout": database.timeout,
+        "connect_args": database.connect_args,
+    }
+    # The folder that holds the mlapi package, wherever this process found it.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "mlapi.schema"],
+        input=json.dumps(spec),  # on stdin: a password in the URL stays out of ps
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": path},
     )
-    create_sqlite_file(url)
-    engine = sa.create_engine(url, **options)
-    if engine.dialect.driver == "psycopg":
-        # Imported only here: SQLite deployments do without psycopg.
-        from mlapi.postgres import connect_with_deadline
+    report = done.stderr.strip()
+    if done.returncode == 0:
+        return
+    if done.returncode == migrations.EXIT_UNAVAILABLE:
+        raise sql.Unavailable(report.splitlines()[-1] if report else "unavailable")
+    log.error("The database schema could not be upgraded:\n%s", report)
+    raise SystemExit(1)
 
-        deadline = float(app.config["DATABASE_TIMEOUT"])
-        sa.event.listen(engine, "do_connect", connect_with_deadline(deadline))
-    return engine
+
+def database_for(app):
+    """The app's :class:`mlapi.sql.Database`, from DATABASE_URI and DATABASE_CONNECT_ARGS
+    (config.py derives them)."""
+    return sql.Database(
+        app.config["DATABASE_URI"],
+        float(app.config["DATABASE_TIMEOUT"]),
+        app.config.get("DATABASE_CONNECT_ARGS", {}),
+        instance_path=app.instance_path,
+    )
 
 
 def init_app(app):
-    """Build the engine (config.py derived its SQLALCHEMY_* settings) and migrate it."""
+    """Connect to the database (config.py derived its settings) and migrate it."""
     make_private_folder(app.instance_path)
-    app.extensions["mlapi.engine"] = create_engine(app)
+    database = app.extensions["mlapi.sql"] = database_for(app)
+    create_sqlite_file(database)
     if app.config.get("AUTO_MIGRATE", True):
         try:
             ensure_schema(app)

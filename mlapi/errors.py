@@ -10,7 +10,6 @@ protocol's ``{"error": "..."}``.
 import logging
 import math
 
-import sqlalchemy.exc
 from flask import current_app, g, json, request
 from werkzeug.exceptions import (
     BadRequest,
@@ -23,6 +22,7 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+from mlapi import sql
 from mlapi.serving.errors import (
     CacheUnavailable,
     InferenceError,
@@ -219,10 +219,8 @@ def handle_unexpected(exc):
 
 def init_app(app):
     app.register_error_handler(HTTPException, handle_http_exception)
-    app.register_error_handler(sqlalchemy.exc.OperationalError, handle_database_error)
-    app.register_error_handler(sqlalchemy.exc.InterfaceError, handle_database_error)
-    app.register_error_handler(sqlalchemy.exc.TimeoutError, handle_database_error)
-    app.register_error_handler(sqlalchemy.exc.DataError, handle_data_error)
+    app.register_error_handler(sql.Unavailable, handle_database_error)
+    app.register_error_handler(sql.DataError, handle_data_error)
     app.register_error_handler(ProtocolError, handle_protocol_error)
     app.register_error_handler(PredictionError, handle_prediction_error)
     app.register_error_handler(ModelNotFound, handle_model_not_found)

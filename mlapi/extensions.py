@@ -3,11 +3,11 @@
 import time
 
 import flask_limiter
-import sqlalchemy as sa
 from flask import current_app
 from flask_caching import Cache
 from flask_jwt_extended import JWTManager
 from flask_limiter.util import get_remote_address
+from werkzeug.local import LocalProxy
 
 
 class Limiter(flask_limiter.Limiter):
@@ -30,24 +30,13 @@ class Limiter(flask_limiter.Limiter):
         return True
 
 
-class Database:
-    """The schema (SQLAlchemy Core tables on one MetaData) and the current app's engine,
-    which mlapi.database builds.
-
-    Plain SQLAlchemy Core, without Flask-SQLAlchemy: a worker never loads the ORM (about
-    6 MiB each). ``metadata`` and ``engine`` are what Flask-Migrate and the migrations'
-    env.py read.
-    """
-
-    def __init__(self):
-        self.metadata = sa.MetaData()
-
-    @property
-    def engine(self):
-        return current_app.extensions["mlapi.engine"]
+def _database():
+    return current_app.extensions["mlapi.sql"]
 
 
-db = Database()
+# The current app's mlapi.sql.Database (mlapi.database builds it): db.connect(),
+# db.transaction(), db.dialect.
+db = LocalProxy(_database)
 jwt = JWTManager()
 cache = Cache()
 # Keys on the connecting address; ProxyFix rewrites it when proxies are trusted.

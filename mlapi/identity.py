@@ -230,11 +230,10 @@ def _generation_source(app):
     if redis is not None:
         key = app.config["REDIS_KEY_PREFIX"] + "identity-generation"
         return RedisGeneration(redis, app.extensions["mlapi.redis_breaker"], key)
-    # The engine's URL: a relative SQLite path there is already under the instance folder.
-    url = app.extensions["mlapi.engine"].url
-    if url.get_backend_name() == "sqlite":
-        in_file = url.database and url.database != ":memory:"
-        return SQLiteGeneration(url.database if in_file else None)
+    # The file's path, a relative one already under the instance folder; None in memory.
+    database = app.extensions["mlapi.sql"]
+    if database.dialect == "sqlite":
+        return SQLiteGeneration(database.path)
     return None  # another database and no Redis: read SQL on every request, as before
 
 

@@ -3,13 +3,18 @@
 import psycopg
 
 
+class DeadlineExceeded(psycopg.OperationalError):
+    """The server did not answer within the deadline; the connection is closed."""
+
+
 class DeadlineConnection(psycopg.Connection):
     """A psycopg connection that waits at most ``deadline`` seconds for any answer.
 
     A frozen server (a paused VM or process) still has its kernel acknowledge packets, so
     neither the statement timeout (the server's) nor TCP timeouts end the wait; this does.
-    A connection given up on mid-answer cannot be reused: it is closed, and SQLAlchemy then
-    discards it from the pool. ``_WaitTimeout`` is psycopg's private name (psycopg is pinned,
+    A connection given up on mid-answer cannot be reused: it is closed, and mlapi.sql then
+    opens a new one for the thread's next statement (without trying this one again).
+    ``_WaitTimeout`` is psycopg's private name (psycopg is pinned,
     and tests/unit/test_pinned_internals.py checks it).
     """
 
@@ -22,17 +27,6 @@ class DeadlineConnection(psycopg.Connection):
             return super().wait(gen, interval=interval, timeout=self.deadline)
         except psycopg.errors._WaitTimeout:
             self.pgconn.finish()
-            raise psycopg.OperationalError(
+            raise DeadlineExceeded(
                 f"PostgreSQL did not answer within {self.deadline}s; connection closed"
             ) from None
-
-
-def connect_with_deadline(deadline):
-    """An engine ``do_connect`` listener that opens :class:`DeadlineConnection` s."""
-
-    def do_connect(dialect, connection_record, cargs, cparams):
-        connection = DeadlineConnection.connect(*cargs, **cparams)
-        connection.deadline = deadline
-        return connection
-
-    return do_connect

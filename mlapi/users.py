@@ -1,47 +1,49 @@
-"""Users: the SQL table and the operations the API and the CLI share (SQLAlchemy Core)."""
+"""Users: the operations the API and the CLI share, in plain SQL on the ``users`` table
+(mlapi.schema defines it for the migrations)."""
 
 import secrets
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
 from flask import current_app
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from mlapi import credentials, revocation
+from mlapi import credentials, revocation, sql
 from mlapi.credentials import UserError, username_key
 from mlapi.database import identity_change
 from mlapi.extensions import db
 
-__all__ = ["ROLES", "Principal", "UserError", "user_table", "username_key"]
+__all__ = ["ROLES", "Principal", "User", "UserError", "username_key"]
 
 ROLES = ("user", "admin")
 # Checked when the username is unknown, so that both failures cost the same time.
 _dummy_hashes = {}
 
-user_table = sa.Table(
-    "users",
-    db.metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    # As spelt at creation, for display (token "sub", /users/me).
-    sa.Column("username", sa.String(64), unique=True, nullable=False),
-    # What names are compared by (credentials.username_key): every lookup uses it.
-    sa.Column("username_key", sa.String(256), unique=True, index=True, nullable=False),
-    sa.Column("email", sa.String(254)),
-    sa.Column("password_hash", sa.String(256), nullable=False),
-    sa.Column("role", sa.String(16), default="user", nullable=False),
-    sa.Column("disabled", sa.Boolean, default=False, nullable=False),
-    sa.Column(
-        "created_at",
-        sa.DateTime(timezone=True),
-        default=lambda: datetime.now(UTC),
-        nullable=False,
-    ),
-    # Carried by every token as the "tkey" claim and compared on each request. A new
-    # random key on creation, password change or disabling ends every earlier session,
-    # including those of a deleted user whose name is taken again.
-    sa.Column("token_key", sa.String(32)),
+COLUMNS = (
+    "id",
+    "username",
+    "username_key",
+    "email",
+    "password_hash",
+    "role",
+    "disabled",
+    "created_at",
+    "token_key",
 )
+# A row of ``users``: username as spelt at creation; username_key what names are compared
+# by (credentials.username_key); token_key carried by every token as its "tkey" claim.
+User = namedtuple("User", COLUMNS)
+SELECT_USER = f"SELECT {', '.join('users.' + c for c in COLUMNS)} FROM users"
+
+
+def _user(row):
+    if row is None:
+        return None
+    values = dict(zip(COLUMNS, row, strict=True))
+    values["disabled"] = bool(values["disabled"])  # SQLite stores 0 or 1
+    values["created_at"] = db.read_time(values["created_at"])
+    return User(**values)
 
 
 def new_token_key():
@@ -69,12 +71,14 @@ def _dummy_hash():
 
 def find(username):
     """The user whose name matches ``username`` ignoring case and Unicode width (a row of
-    ``user_table``), or None."""
+    :class:`User`), or None."""
     if not credentials.lookupable(username):
         return None
-    query = sa.select(user_table).where(user_table.c.username_key == username_key(username))
-    with db.engine.connect() as conn:
-        return conn.execute(query).first()
+    with db.connect() as conn:
+        row = conn.first(
+            SELECT_USER + " WHERE users.username_key = :key", {"key": username_key(username)}
+        )
+    return _user(row)
 
 
 def get(username):
@@ -86,8 +90,12 @@ def get(username):
 
 
 def _update(user, **values):
+    # Column names come from this module's callers, never from a request.
+    assignments = ", ".join(f"{column} = :{column}" for column in values)
     with identity_change() as conn:
-        conn.execute(sa.update(user_table).where(user_table.c.id == user.id).values(**values))
+        conn.execute(
+            f"UPDATE users SET {assignments} WHERE users.id = :id", {**values, "id": user.id}
+        )
 
 
 def create(username, password, email=None, role="user"):
@@ -108,11 +116,16 @@ def create(username, password, email=None, role="user"):
         "password_hash": hash_password(password, username),
         # A fresh key: tokens of an earlier user of this name do not apply.
         "token_key": new_token_key(),
+        "created_at": db.time(datetime.now(UTC)),
     }
     try:
         with identity_change() as conn:
-            conn.execute(sa.insert(user_table).values(**values))
-    except sa.exc.IntegrityError:
+            conn.execute(
+                f"INSERT INTO users ({', '.join(values)}) "
+                f"VALUES ({', '.join(':' + column for column in values)})",
+                values,
+            )
+    except sql.IntegrityError:
         raise UserError(_taken(username, find(username))) from None
     return get(username)
 
@@ -143,8 +156,9 @@ def set_role(username, role):
 
 def all_users():
     """Every user, by name."""
-    with db.engine.connect() as conn:
-        return conn.execute(sa.select(user_table).order_by(user_table.c.username_key)).all()
+    with db.connect() as conn:
+        rows = conn.all(SELECT_USER + " ORDER BY users.username_key")
+    return [_user(row) for row in rows]
 
 
 def set_disabled(username, disabled):
@@ -164,7 +178,7 @@ def delete(username):
     """Delete a user; their tokens stop working at once (the user is gone)."""
     user = get(username)
     with identity_change() as conn:
-        conn.execute(sa.delete(user_table).where(user_table.c.id == user.id))
+        conn.execute("DELETE FROM users WHERE users.id = :id", {"id": user.id})
 
 
 def authenticate(username, password):
@@ -199,28 +213,27 @@ class Principal:
         return {"username": self.username, "email": self.email, "disabled": self.disabled}
 
 
-_PRINCIPAL = sa.select(
-    user_table.c.username,
-    user_table.c.email,
-    user_table.c.role,
-    user_table.c.disabled,
-    user_table.c.token_key,
-    revocation.revoked_until_column().label("revoked_until"),
-).where(user_table.c.username_key == sa.bindparam("key"))
+# The user and the session's revocation, on the unique index of the name's key.
+_PRINCIPAL = (
+    "SELECT users.username, users.email, users.role, users.disabled, users.token_key, "
+    f"({revocation.REVOKED_UNTIL}) AS revoked_until "
+    "FROM users WHERE users.username_key = :key"
+)
 
 
 def load_principal(username, sid):
     """Read the user a token names and whether its session is revoked, in one SELECT.
 
-    This runs on every authenticated request: a plain query on a pooled connection,
-    without an ORM session, on the unique index of the name's key. Returns
-    (Principal or None, revoked).
+    This runs on every authenticated request: one statement on this thread's connection,
+    on the unique index of the name's key. Returns (Principal or None, revoked).
     """
-    with db.engine.connect() as conn:
-        row = conn.execute(_PRINCIPAL, {"key": username_key(username), "sid": sid}).first()
+    with db.connect() as conn:
+        row = conn.first(_PRINCIPAL, {"key": username_key(username), "sid": sid})
     if row is None:
         return None, False
-    return Principal(*row[:5]), revocation.still_revoked(row.revoked_until)
+    username, email, role, disabled, token_key, revoked_until = row
+    principal = Principal(username, email, role, bool(disabled), token_key)
+    return principal, revocation.still_revoked(db.read_time(revoked_until))
 
 
 def accepts(principal, claims):

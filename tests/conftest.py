@@ -64,7 +64,7 @@ def make_app(tmp_path, backend, request):
     yield factory
     for app in apps:
         with app.app_context():
-            db.engine.dispose()
+            db.dispose()
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def app_without_database(make_app, tmp_path):
     app = make_app(DATABASE_URL=f"sqlite:///{folder / 'mlapi.db'}")
     shutil.rmtree(folder)
     with app.app_context():
-        db.engine.dispose()
+        db.dispose()
     return app
 
 

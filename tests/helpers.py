@@ -71,16 +71,13 @@ def client_for(app, username="alice", password=PASSWORD):
 def write_user(app, username, **values):
     """Set columns of a user's row without the rules of mlapi.users (no new token key),
     in the transaction every change of users goes through, which announces it."""
-    import sqlalchemy as sa
-
     from mlapi.database import identity_change
 
-    table = users.user_table
+    assignments = ", ".join(f"{column} = :{column}" for column in values)
     with app.app_context(), identity_change() as conn:
         conn.execute(
-            sa.update(table)
-            .where(table.c.username_key == users.username_key(username))
-            .values(**values)
+            f"UPDATE users SET {assignments} WHERE username_key = :key",
+            {**values, "key": users.username_key(username)},
         )
 
 
@@ -127,7 +124,6 @@ BEFORE_KEY = "c5b8a0702df1"
 def database_before_key(app, names):
     """Take ``app``'s database back to BEFORE_KEY and add users called ``names`` the way
     earlier releases could (no key, any spelling); returns the database URL."""
-    import sqlalchemy as sa
     from flask_migrate import downgrade
 
     from mlapi.database import MIGRATIONS, init_migrations
@@ -136,16 +132,14 @@ def database_before_key(app, names):
     with app.app_context():
         init_migrations(app)
         downgrade(directory=MIGRATIONS, revision=BEFORE_KEY)
-        with db.engine.begin() as conn:
+        with db.transaction() as conn:
             for name in names:
                 conn.execute(
-                    sa.text(
-                        "INSERT INTO users (username, password_hash, role, disabled, created_at)"
-                        " VALUES (:name, 'x', 'user', false, CURRENT_TIMESTAMP)"
-                    ),
+                    "INSERT INTO users (username, password_hash, role, disabled, created_at)"
+                    " VALUES (:name, 'x', 'user', false, CURRENT_TIMESTAMP)",
                     {"name": name},
                 )
-    return app.config["SQLALCHEMY_DATABASE_URI"]
+    return app.config["DATABASE_URI"]
 
 
 @functools.cache

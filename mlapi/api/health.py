@@ -11,7 +11,6 @@ import concurrent.futures
 import logging
 import time
 
-import sqlalchemy as sa
 from flask import Blueprint, current_app, g
 from prometheus_client.core import GaugeMetricFamily
 
@@ -144,8 +143,8 @@ def check_models(app):
 def check_database(app):
     # A real table: SQLite answers SELECT 1 without opening the file, so it would not
     # see another process's lock on it.
-    with db.engine.connect() as conn:
-        conn.execute(sa.text("SELECT 1 FROM users LIMIT 1"))
+    with db.connect() as conn:
+        conn.execute("SELECT 1 FROM users LIMIT 1")
 
 
 def check_redis(app):

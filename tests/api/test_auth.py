@@ -179,18 +179,16 @@ def test_revocation_entry_expires_with_the_session(app, client, make_user):
     """The stored revocation lives until the session's refresh token would expire."""
     from datetime import UTC
 
-    import sqlalchemy as sa
-
     from mlapi.extensions import db
-    from mlapi.revocation import revoked_table
 
     make_user("alice")
     pair = tokens(client)
     refresh_exp = pyjwt.decode(pair["refresh_token"], options={"verify_signature": False})["exp"]
     client.post("/logout", headers=bearer(pair["access_token"]))
-    with app.app_context(), db.engine.connect() as conn:
-        (row,) = conn.execute(sa.select(revoked_table)).all()
-        expires_at = row.expires_at.replace(tzinfo=row.expires_at.tzinfo or UTC)
+    with app.app_context(), db.connect() as conn:
+        ((stored,),) = conn.all("SELECT expires_at FROM revoked_tokens")
+        stored = db.read_time(stored)
+        expires_at = stored.replace(tzinfo=stored.tzinfo or UTC)
         assert abs(expires_at.timestamp() - refresh_exp) <= 1
 
 

@@ -128,7 +128,7 @@ def test_origins_setting_from_the_environment(monkeypatch, tmp_path):
         assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
     finally:
         with app.app_context():
-            db.engine.dispose()
+            db.dispose()
 
 
 def test_rate_limited_answer_is_readable_by_the_page(make_app):

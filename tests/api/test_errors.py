@@ -63,7 +63,7 @@ def test_locked_database_makes_login_503_not_401(app, client, make_user, backend
     import sqlalchemy as sa
 
     make_user("alice")
-    engine = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+    engine = sa.create_engine(app.config["DATABASE_URI"])
     with engine.connect() as conn:
         if backend == "sqlite":
             conn.exec_driver_sql("BEGIN EXCLUSIVE")

@@ -7,6 +7,7 @@ import jwt as pyjwt
 import pytest
 import sqlalchemy as sa
 
+from mlapi import sql
 from mlapi.extensions import db
 from tests.helpers import BEFORE_KEY, PASSWORD, assert_problem, database_before_key
 
@@ -42,19 +43,21 @@ def test_look_alike_names_clash_in_the_cli(runner, first, second):
 
 def test_database_refuses_two_rows_with_one_key(app, make_user):
     """The unique index holds even for writes that bypass mlapi's checks."""
-    from mlapi import users
 
     make_user("alice")
-    duplicate = sa.insert(users.user_table).values(
-        username="ALICE", username_key="alice", password_hash="x", role="user"
-    )
-    with app.app_context():
-        with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
-            conn.execute(duplicate)
-        index = {i["name"]: i for i in sa.inspect(db.engine).get_indexes("users")}[
+    with app.app_context(), pytest.raises(sql.IntegrityError), db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO users (username, username_key, password_hash, role, disabled,"
+            " created_at) VALUES ('ALICE', 'alice', 'x', 'user', false, CURRENT_TIMESTAMP)"
+        )
+    engine = sa.create_engine(app.config["DATABASE_URI"])
+    try:
+        index = {i["name"]: i for i in sa.inspect(engine).get_indexes("users")}[
             "ix_users_username_key"
         ]
-        assert index["column_names"] == ["username_key"] and index["unique"]
+    finally:
+        engine.dispose()
+    assert index["column_names"] == ["username_key"] and index["unique"]
 
 
 def test_original_spelling_is_kept_and_login_normalises(client, make_user):
@@ -92,30 +95,27 @@ def test_principal_is_read_by_one_indexed_select(app, client, auth):
     """Each authenticated request reads its user with one SELECT on the name key's index."""
     statements = []
 
-    def record(_conn, _cursor, statement, *_args):
+    def record(statement, _parameters):
         statements.append(statement)
 
     with app.app_context():
-        engine = db.engine
-    sa.event.listen(engine, "before_cursor_execute", record)
+        database = db._get_current_object()
+    database.listen(record)
     try:
         assert client.get("/users/me", headers=auth).status_code == 200
     finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
+        database.unlisten(record)
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1, statements
     assert "users.username_key =" in selects[0]
-    with app.app_context(), db.engine.connect() as conn:
-        if db.engine.dialect.name == "sqlite":
-            plan = conn.execute(
-                sa.text("EXPLAIN QUERY PLAN SELECT id FROM users WHERE username_key = 'alice'")
-            ).all()
+    with app.app_context(), db.connect() as conn:
+        if db.dialect == "sqlite":
+            plan = conn.all("EXPLAIN QUERY PLAN SELECT id FROM users WHERE username_key = 'alice'")
             assert "ix_users_username_key" in str(plan)
         else:
-            conn.execute(sa.text("SET enable_seqscan = off"))
-            plan = conn.execute(
-                sa.text("EXPLAIN SELECT id FROM users WHERE username_key = 'alice'")
-            ).all()
+            conn.execute("SET enable_seqscan = off")
+            plan = conn.all("EXPLAIN SELECT id FROM users WHERE username_key = 'alice'")
+            conn.execute("RESET enable_seqscan")
             assert "ix_users_username_key" in str(plan)
 
 

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 
 from mlapi import identity, users
 from mlapi.extensions import db
@@ -16,20 +15,19 @@ BODY = [1.0, 2.0, 3.0, 4.0]
 
 
 class StatementCounter:
-    """SQL statements an app's engine sends, counted with a SQLAlchemy cursor event."""
+    """SQL statements an app's database runs, counted with mlapi.sql's statement hook."""
 
     def __init__(self, app):
         with app.app_context():
-            self.engine = db.engine
+            self.database = db._get_current_object()
         self.statements = []
-        sa.event.listen(self.engine, "before_cursor_execute", self._record)
+        self.database.listen(self._record)
 
-    def _record(self, _conn, _cursor, statement, *_args):
+    def _record(self, statement, _parameters):
         self.statements.append(statement)
 
     def close(self):
-        if sa.event.contains(self.engine, "before_cursor_execute", self._record):
-            sa.event.remove(self.engine, "before_cursor_execute", self._record)
+        self.database.unlisten(self._record)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ def test_instance_folder_database_and_secret_are_private(make_app, tmp_path, ope
     """The default SQLite file (0600), the instance folder (0700) and its files, whatever the umask."""
     app = make_app(DATABASE_URL=None, SECRET_KEY=None)
     instance = tmp_path / "instance"
-    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{instance / 'mlapi.db'}"
+    assert app.config["DATABASE_URI"] == f"sqlite:///{instance / 'mlapi.db'}"
     app.test_cli_runner().invoke(args=["users", "create", "alice", "--password", PASSWORD])
     assert mode(instance) == 0o700
     assert {p.name: mode(p) for p in instance.iterdir()} == {
