@@ -161,7 +161,7 @@ def kept_bearer():
     return None if entry is None else (dict(entry[0]), dict(entry[1]))
 
 
-def verify_request():
+def verify_request(admit=None):
     """``verify_jwt_in_request()`` (an access token, not fresh, revocation checked).
 
     For a kept token (:func:`kept_bearer`) it runs the rest of the library's function:
@@ -170,20 +170,27 @@ def verify_request():
     token, its header and its user in ``g`` under the library's names (private names of
     flask-jwt-extended 4.7, pinned; tests/unit/test_token_cache.py), where
     ``get_jwt()`` and ``current_user`` read them. What it skips is only finding the token
-    and decoding it again.
+    and decoding it again. ``admit(header, claims)``, when given, runs those checks
+    instead and returns the user entry (mlapi.auth.admit: the same checks, with mlapi's
+    own loaders called directly).
     """
     kept = kept_bearer()
     if kept is None:
         library_verify()
         return
     header, claims = kept
-    internal_utils.verify_token_type(claims, refresh=False)
-    internal_utils.verify_token_not_blocklisted(header, claims)
-    internal_utils.custom_verification_for_token(header, claims)
-    g._jwt_extended_jwt_user = view_decorators._load_user(header, claims)
-    g._jwt_extended_jwt_header = header
-    g._jwt_extended_jwt = claims
-    g._jwt_extended_jwt_location = "headers"
+    if admit is not None:
+        user = admit(header, claims)
+    else:
+        internal_utils.verify_token_type(claims, refresh=False)
+        internal_utils.verify_token_not_blocklisted(header, claims)
+        internal_utils.custom_verification_for_token(header, claims)
+        user = view_decorators._load_user(header, claims)
+    request_g = g._get_current_object()
+    request_g._jwt_extended_jwt_user = user
+    request_g._jwt_extended_jwt_header = header
+    request_g._jwt_extended_jwt = claims
+    request_g._jwt_extended_jwt_location = "headers"
 
 
 def unverified_header(encoded_token):

@@ -123,8 +123,9 @@ def _verified_state(app, headers, verify):
 
 
 def test_a_kept_token_leaves_the_request_as_the_library_does(make_app):
-    """The same claims, header, location and current_user as verify_jwt_in_request()."""
-    from mlapi import token_cache
+    """The same claims, header, location and current_user as verify_jwt_in_request(), with
+    the library's checks or mlapi.auth.admit's."""
+    from mlapi import auth, token_cache
 
     app = make_app()
     client, headers = client_for(app)
@@ -132,8 +133,9 @@ def test_a_kept_token_leaves_the_request_as_the_library_does(make_app):
     with app.test_request_context("/v1/predict", method="POST", headers=headers):
         assert token_cache.kept_bearer() is not None
     ours = _verified_state(app, headers, token_cache.verify_request)
+    direct = _verified_state(app, headers, lambda: token_cache.verify_request(auth.admit))
     library = _verified_state(app, headers, view_decorators.verify_jwt_in_request)
-    assert ours == library
+    assert ours == direct == library
     assert ours[2] == "headers" and ours[3] == "alice"
 
 
@@ -173,3 +175,62 @@ def test_a_kept_refresh_token_is_refused_on_a_prediction_as_before(make_app):
         assert token_cache.kept_bearer() is not None
     after = assert_problem(client.post("/v1/predict", json=BODY, headers=refresh), 401)
     assert before["detail"] == after["detail"]
+
+
+def test_mlapi_calls_its_own_loaders_directly_only_while_they_are_registered(make_app):
+    """mlapi.auth.own_loaders reads three private attributes of flask-jwt-extended 4.7.4's
+    JWTManager; with another loader registered, the library's own chain runs."""
+    from mlapi import auth
+    from mlapi.extensions import jwt
+
+    make_app()
+    assert auth.own_loaders()
+    original = jwt._user_lookup_callback
+    try:
+        jwt.user_lookup_loader(lambda header, data: None)
+        assert not auth.own_loaders()
+    finally:
+        jwt._user_lookup_callback = original
+    assert auth.own_loaders()
+
+
+@pytest.mark.parametrize("refusal", ["logged out", "disabled", "a header never issued"])
+def test_the_direct_checks_refuse_a_kept_token_as_the_library_does(make_app, monkeypatch, refusal):
+    """mlapi.auth.admit and the library's chain give a kept token the same refusal."""
+    from mlapi import auth, token_cache, users
+
+    admitted = []
+    admit = auth.admit
+
+    def spying(header, claims):
+        admitted.append(claims["sub"])
+        return admit(header, claims)
+
+    monkeypatch.setattr(auth, "admit", spying)
+    answers = {}
+    for direct in (True, False):
+        monkeypatch.setattr(auth, "own_loaders", lambda direct=direct: direct)
+        app = make_app()
+        username = f"alice{int(direct)}"
+        client, headers = client_for(app, username)
+        assert client.post("/v1/predict", json=BODY, headers=headers).status_code == 200
+        if refusal == "logged out":
+            assert client.post("/logout", headers=headers).status_code == 200
+        elif refusal == "disabled":
+            with app.app_context():
+                users.set_disabled(username, True)
+        else:
+            secret = app.config["JWT_SECRET_KEY"]
+            token = headers["Authorization"].removeprefix("Bearer ")
+            claims = pyjwt.decode(token, secret, algorithms=["HS256"])
+            token = pyjwt.encode(claims, secret, algorithm="HS256", headers={"kid": "k1"})
+            headers = {"Authorization": f"Bearer {token}"}
+            assert_problem(client.post("/v1/predict", json=BODY, headers=headers), 401)
+        with app.test_request_context("/v1/predict", method="POST", headers=headers):
+            assert token_cache.kept_bearer() is not None
+        admitted.clear()
+        answers[direct] = assert_problem(
+            client.post("/v1/predict", json=BODY, headers=headers), 401
+        )
+        assert bool(admitted) is direct
+    assert answers[True] == answers[False]
