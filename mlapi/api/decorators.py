@@ -20,7 +20,8 @@ def per_user_predictions(view=None, *, cache_lookup=None, own_headers=True):
     Every authenticated prediction endpoint shares one per-user budget. A batch costs
     one request, or its number of rows when MLAPI_BATCH_COUNTS_ROWS is true.
     ``cache_lookup()``, when given, names the cached prediction read in the same round
-    trip (a :class:`mlapi.serving.cache.Lookup`, or None).
+    trip (a :class:`mlapi.serving.cache.Lookup`, or None), which the view receives as its
+    ``cache_lookup`` argument.
     ``own_headers`` is false when the view has flask-limiter limits of its own, whose
     headers the response then carries.
     """
@@ -31,9 +32,12 @@ def per_user_predictions(view=None, *, cache_lookup=None, own_headers=True):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        lookup = cache_lookup() if cache_lookup is not None else None
+        if cache_lookup is None:
+            budget().spend(batch_cost(), g.get("identity_stamp"), recheck, None, own_headers)
+            return view(*args, **kwargs)
+        lookup = cache_lookup()
         budget().spend(batch_cost(), g.get("identity_stamp"), recheck, lookup, own_headers)
-        return view(*args, **kwargs)
+        return view(*args, cache_lookup=lookup, **kwargs)
 
     # Tells the token check that this view verifies the identity generation itself.
     wrapper.checks_identity_generation = True

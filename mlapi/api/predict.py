@@ -1,6 +1,6 @@
 """The tutorial's unversioned endpoints."""
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, current_app, request
 
 from mlapi.api.bodies import body, read
 from mlapi.api.decorators import PROBLEMS, prediction
@@ -87,26 +87,23 @@ def cached_model():
 
 def cached_prediction_lookup():
     """The cache lookup of this body's features (model and key), whose value the budget's
-    round trip reads; None if the body or model is invalid (the view then answers, after
-    the limit, as on every view). The view takes it over (``g.cache_lookup``)."""
+    round trip reads, and which the view receives; None if the body or model is invalid
+    (the view then answers, after the limit, as on every view)."""
     try:
         model = registry().get(cached_model())
-        lookup = Lookup(model, cache_key(model, read(Features)))
+        return Lookup(model, cache_key(model, read(Features)))
     except Exception:
         return None
-    g.cache_lookup = lookup
-    return lookup
 
 
 @bp.post("/predict-cached")
 @prediction(CachedPrediction, cache_lookup=cached_prediction_lookup)
 @body(Features)
-def predict_cached(features):
+def predict_cached(features, cache_lookup=None):
     """A model's prediction (``?model=<name>``, default ``average``: the mean), cached
     per model version and feature vector for MLAPI_CACHE_TIMEOUT seconds."""
-    lookup = g.pop("cache_lookup", None)
-    name = cached_model() if lookup is None else lookup.model.name
-    model, value, cached = prediction_cache().predict(name, features, lookup)
+    name = cached_model() if cache_lookup is None else cache_lookup.model.name
+    model, value, cached = prediction_cache().predict(name, features, cache_lookup)
     count_prediction(model)
     return {"prediction": value, "user": current_username(), "cached": cached}
 
