@@ -8,7 +8,7 @@ mlapi/api/tokens.py.
 
 from functools import wraps
 
-from flask import current_app, g, request
+from flask import g, request
 from flask_jwt_extended import current_user, get_jwt
 from flask_jwt_extended.config import config as jwt_config
 from flask_jwt_extended.exceptions import (
@@ -19,7 +19,7 @@ from flask_jwt_extended.exceptions import (
 )
 from werkzeug.exceptions import Unauthorized
 
-from mlapi import identity, token_cache, users
+from mlapi import context, identity, token_cache, users
 from mlapi.errors import InsufficientScope, InvalidToken, problem_response
 from mlapi.extensions import jwt
 from mlapi.observability.metrics import count_auth_failure
@@ -38,7 +38,7 @@ def token_required(view):
     @wraps(view)
     def decorator(*args, **kwargs):
         token_cache.verify_request(admit if own_loaders() else None)
-        return current_app.ensure_sync(view)(*args, **kwargs)
+        return context.app().ensure_sync(view)(*args, **kwargs)
 
     return decorator
 
@@ -90,7 +90,7 @@ def is_revoked(_header, data):
     On views under the prediction budget, the cache's generation is checked in the
     budget's Redis round trip (mlapi/budget.py), which calls :func:`recheck`.
     """
-    return _revoked(data, _checks_generation_later(request), g._get_current_object())
+    return _revoked(data, _checks_generation_later(request), context.request_g())
 
 
 def _revoked(data, deferred, request_g):
@@ -108,7 +108,7 @@ def _revoked(data, deferred, request_g):
 
 
 def _checks_generation_later(req):
-    view = current_app.view_functions.get(req.endpoint)
+    view = context.app().view_functions.get(req.endpoint)
     return getattr(view, "checks_identity_generation", False)
 
 
@@ -128,8 +128,8 @@ def recheck(generation):
 @jwt.user_lookup_loader
 def load_user(_header, data):
     """The token's user, read by the revocation check; None if it no longer accepts the token."""
-    req = request._get_current_object()
-    return _user(data, _checks_generation_later(req), g._get_current_object(), req)
+    req = context.current_request()
+    return _user(data, _checks_generation_later(req), context.request_g(), req)
 
 
 def _user(data, deferred, request_g, req):
@@ -139,7 +139,7 @@ def _user(data, deferred, request_g, req):
     if not users.accepts(user, data):
         return None
     req.environ["mlapi.user"] = user.username
-    active = current_app.extensions["mlapi.active_users"]
+    active = context.app().extensions["mlapi.active_users"]
     # On budgeted views, the budget's round trip carries the activity write.
     request_g.active_user_write = active.touch(user.username, deferred=deferred)
     return user
@@ -165,8 +165,8 @@ def admit(header, claims):
     the library's steps. Returns what the library keeps as the request's user."""
     if claims["type"] == "refresh":
         raise WrongTokenError("Only non-refresh tokens are allowed")
-    req = request._get_current_object()
-    request_g = g._get_current_object()
+    req = context.current_request()
+    request_g = context.request_g()
     deferred = _checks_generation_later(req)
     if _revoked(claims, deferred, request_g):
         raise RevokedTokenError(header, claims)

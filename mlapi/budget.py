@@ -24,14 +24,14 @@ import threading
 import time
 from collections import deque
 
-from flask import current_app, g, request
+from flask import g
 from flask_jwt_extended import get_jwt_identity
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
-from mlapi import identity
+from mlapi import context, identity
 from mlapi.extensions import limiter
 from mlapi.ids import unique_id
 from mlapi.observability.hooks import EXTRA_HEADERS
@@ -208,7 +208,7 @@ class Budget:
         self._windows = MemoryWindows()
 
     def item(self):
-        text = current_app.config["PREDICT_RATE_LIMIT"]
+        text = context.app().config["PREDICT_RATE_LIMIT"]
         if text not in self._items:
             self._items[text] = parse(text)
         return self._items[text]
@@ -259,7 +259,7 @@ class Budget:
 
     def _spend_in_redis(self, item, key, cost, stamp, recheck, lookup):
         # The storage's own prefix, so this list is the one limits' RedisStorage keeps.
-        active = g.pop("active_user_write", None) or (self.generation_key, "")
+        active = context.request_g().pop("active_user_write", None) or (self.generation_key, "")
         keys = [
             limiter.storage.prefixed_key(key),
             self.generation_key,
@@ -328,7 +328,7 @@ class Budget:
 
     def _finish(self, window, own_headers):
         if window.accepted and own_headers:
-            request.environ[EXTRA_HEADERS] = window.headers()
+            context.current_request().environ[EXTRA_HEADERS] = window.headers()
             return
         g.prediction_budget = window
         if not window.accepted:
@@ -344,12 +344,12 @@ def _pack(connection, command):
 
 
 def budget():
-    return current_app.extensions["mlapi.budget"]
+    return context.app().extensions["mlapi.budget"]
 
 
 def add_headers(response):
     """The budget's headers, unless a flask-limiter limit of the view set its own."""
-    window = g.get("prediction_budget")
+    window = context.request_g().get("prediction_budget")
     if window is None:
         return response
     if window.accepted and limiter.current_limit is not None:

@@ -24,9 +24,7 @@ import sqlite3
 import threading
 import time
 
-from flask import current_app
-
-from mlapi import users
+from mlapi import context, users
 from mlapi.ids import process_id, unique_id
 
 log = logging.getLogger(__name__)
@@ -222,7 +220,7 @@ class Principals:
 
 
 def principals():
-    return current_app.extensions["mlapi.principals"]
+    return context.app().extensions["mlapi.principals"]
 
 
 def _generation_source(app):

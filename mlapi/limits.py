@@ -15,6 +15,7 @@ from flask_jwt_extended import get_jwt_identity
 from limits import parse
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from mlapi import context
 from mlapi.extensions import limiter
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class LimiterHooks:
     def after_request(self, response):
         if limiter_ran():
             response = self.inject(add_ietf_headers(response))
-        elif not g.get("retry_after"):
+        elif not context.request_g().get("retry_after"):
             return response
         return strip_retry_after(response)
 

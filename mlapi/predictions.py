@@ -14,6 +14,7 @@ from flask import current_app
 from flask_caching.backends import RedisCache
 
 from config import ConfigurationError
+from mlapi import context
 from mlapi.extensions import cache
 from mlapi.observability.metrics import count_cache, count_prediction, observe_model
 from mlapi.serving.cache import PredictionCache
@@ -87,7 +88,7 @@ class GuardedStore:
 
 def registry():
     """The app's model registry."""
-    return current_app.extensions["mlapi.models"]
+    return context.app().extensions["mlapi.models"]
 
 
 def reloader():
@@ -97,7 +98,7 @@ def reloader():
 
 def prediction_cache():
     """The app's prediction cache."""
-    return current_app.extensions["mlapi.prediction_cache"]
+    return context.app().extensions["mlapi.prediction_cache"]
 
 
 def predict_one(name, features, version="unversioned"):

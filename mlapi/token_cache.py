@@ -27,11 +27,12 @@ import threading
 import time
 
 import jwt as pyjwt
-from flask import current_app, g, request
 from flask_jwt_extended import internal_utils, utils, view_decorators
 from flask_jwt_extended.config import config
 from flask_jwt_extended.default_callbacks import default_decode_key_callback
 from flask_jwt_extended.exceptions import JWTDecodeError
+
+from mlapi import context
 
 MAX_TOKENS = 4096
 
@@ -61,13 +62,13 @@ class VerifiedTokens:
 
 
 def _tokens():
-    return current_app.extensions.get("mlapi.verified_tokens")
+    return context.app().extensions.get("mlapi.verified_tokens")
 
 
 def _still_valid(claims):
     """The time claims, checked on every request as PyJWT checks them."""
     now = time.time()
-    leeway = config.leeway
+    leeway = context.app().config["JWT_DECODE_LEEWAY"]  # flask-jwt-extended's config.leeway
     if "exp" in claims and claims["exp"] <= now - leeway:
         return False
     if "nbf" in claims and claims["nbf"] > now + leeway:
@@ -140,17 +141,19 @@ def kept_bearer():
     (base64url and dots, no space or comma), is the one the library would extract from
     this header, and the one its decoder (:class:`SingleParseDecoder`) would return.
     """
-    settings = current_app.config
+    app = context.app()
+    req = context.current_request()
+    settings = app.config
     if (
-        request.method in config.exempt_methods
+        req.method in config.exempt_methods
         or settings["JWT_TOKEN_LOCATION"] not in HEADERS_ONLY
         or settings["JWT_HEADER_NAME"] != "Authorization"
         or settings["JWT_HEADER_TYPE"] != "Bearer"
     ):
         return None
-    tokens = _tokens()
-    manager = current_app.extensions["flask-jwt-extended"]
-    raw = request.environ.get("HTTP_AUTHORIZATION", "")
+    tokens = app.extensions.get("mlapi.verified_tokens")
+    manager = app.extensions["flask-jwt-extended"]
+    raw = req.environ.get("HTTP_AUTHORIZATION", "")
     if (
         tokens is None
         or not raw.startswith("Bearer ")
@@ -186,7 +189,7 @@ def verify_request(admit=None):
         internal_utils.verify_token_not_blocklisted(header, claims)
         internal_utils.custom_verification_for_token(header, claims)
         user = view_decorators._load_user(header, claims)
-    request_g = g._get_current_object()
+    request_g = context.request_g()
     request_g._jwt_extended_jwt_user = user
     request_g._jwt_extended_jwt_header = header
     request_g._jwt_extended_jwt = claims

@@ -9,6 +9,7 @@ from functools import wraps
 from flask import current_app, request
 from pydantic import RootModel, TypeAdapter, ValidationError
 
+from mlapi import context
 from mlapi.api.schemas import FeatureRow, Features, Instances, PredictBody
 from mlapi.errors import ValidationProblem, error_item, from_pydantic, invalid
 
@@ -99,23 +100,24 @@ def bare_row():
     applied to the same JSON): whatever it does not accept takes the general path,
     which parses the body again and explains the error in the usual words.
     """
-    environ = request.environ
+    environ = context.current_request().environ
     if BARE_ROW not in environ:  # read once per request (/predict-cached's key reads it too)
         environ[BARE_ROW] = _bare_row()
     return environ[BARE_ROW]
 
 
 def _bare_row():
-    if not request.is_json:
+    req = context.current_request()
+    if not req.is_json:
         return None
-    data = request.get_data()
+    data = req.get_data()
     if data[:1] != b"[":
         return None
     try:
         row = FEATURE_ROW.validate_json(data)
     except ValidationError:
         return None
-    return row if len(row) <= current_app.config["MAX_FEATURES"] else None
+    return row if len(row) <= context.app().config["MAX_FEATURES"] else None
 
 
 def check_rows(rows):
@@ -148,7 +150,7 @@ def batch_cost():
     exception as a storage failure, so it never raises: a body it cannot read,
     or a batch the view will refuse as too large, costs 1.
     """
-    if not current_app.config["BATCH_COUNTS_ROWS"]:
+    if not context.app().config["BATCH_COUNTS_ROWS"]:
         return 1
     try:
         rows = claimed_rows(json_body())

@@ -3,8 +3,7 @@ makes a view an authenticated, limited and documented prediction endpoint."""
 
 from functools import wraps
 
-from flask import g
-
+from mlapi import context
 from mlapi.api.bodies import batch_cost
 from mlapi.api.docs import Response, describe
 from mlapi.api.schemas import Problem
@@ -32,11 +31,12 @@ def per_user_predictions(view=None, *, cache_lookup=None, own_headers=True):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
+        stamp = context.request_g().get("identity_stamp")
         if cache_lookup is None:
-            budget().spend(batch_cost(), g.get("identity_stamp"), recheck, None, own_headers)
+            budget().spend(batch_cost(), stamp, recheck, None, own_headers)
             return view(*args, **kwargs)
         lookup = cache_lookup()
-        budget().spend(batch_cost(), g.get("identity_stamp"), recheck, lookup, own_headers)
+        budget().spend(batch_cost(), stamp, recheck, lookup, own_headers)
         return view(*args, cache_lookup=lookup, **kwargs)
 
     # Tells the token check that this view verifies the identity generation itself.

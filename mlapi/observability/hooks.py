@@ -13,6 +13,7 @@ import time
 from flask import current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from mlapi import context
 from mlapi.ids import unique_id
 from mlapi.observability.metrics import (
     IN_FLIGHT,
@@ -35,11 +36,12 @@ EXTRA_HEADERS = "mlapi.response_headers"
 
 def route():
     """The matched route template, never the raw path (bounded label values)."""
-    rule = request.url_rule
+    req = context.current_request()
+    rule = req.url_rule
     if rule is not None:
         return rule.rule
-    if isinstance(request.routing_exception, MethodNotAllowed):
-        return allowing_route(request.routing_exception)
+    if isinstance(req.routing_exception, MethodNotAllowed):
+        return allowing_route(req.routing_exception)
     return UNMATCHED
 
 

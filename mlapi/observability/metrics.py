@@ -15,7 +15,6 @@ import platform
 import subprocess
 import sys
 
-from flask import current_app
 from flask_jwt_extended import current_user
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,6 +22,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
+from mlapi import context
 from mlapi.ids import process_id
 from mlapi.observability import tracing
 from mlapi.version import __version__
@@ -124,7 +124,7 @@ _model_batch = bound_children(MODEL_BATCH)
 def count_prediction(model, version="unversioned", rows=1):
     """Count ``rows`` predictions of ``model`` served through API ``version`` (for the
     request's user, who is looked up only with MLAPI_METRICS_PER_USER)."""
-    user = current_user.username if current_app.config["METRICS_PER_USER"] else ""
+    user = current_user.username if context.app().config["METRICS_PER_USER"] else ""
     _predictions(version, model.name, user).inc(rows)
 
 
