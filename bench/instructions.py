@@ -11,9 +11,18 @@ costs more than an add), and the server's own work is left out; use it to see wh
 change saves, and bench/run for the goals.
 
     bench/run instructions [--config embedded|redis] [--case predict] [--requests 300]
+
+With ``--server`` it counts whole gunicorn workers instead (the server's parsing, threads
+and access log included), for mlapi, the bare app and the FastAPI tutorial, each started
+as bench/run starts them but with one worker, under ``valgrind --trace-children=yes``:
+the ratios of bench/run's goals without its noise. At valgrind's pace a request takes
+about 50x longer, so work done once a second (mlapi's identity re-read) weighs about 50x
+more per request than under load.
 """
 
 import argparse
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -23,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -118,11 +128,96 @@ def count(kind, case, requests, env):
     return max(totals) / requests
 
 
+def callgrind_total(folder, pid):
+    """Instructions counted so far in process ``pid`` (every dump, every thread)."""
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    time.sleep(1)
+    return sum(
+        max([0, *map(int, re.findall(r"^(?:summary|totals): (\d+)$", dump.read_text(), re.M))])
+        for dump in folder.glob(f"callgrind.out.{pid}*")
+    )
+
+
+def drive(port, case, token, count, connections=4):
+    """``count`` requests of ``case`` over ``connections`` keep-alive connections."""
+    body = BODY if case != "health" else None
+    headers = {"Content-Type": "application/json"} if body else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    failures = []
+
+    def send(n):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        for _ in range(n):
+            conn.request("POST" if body else "GET", PATHS[case], body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                failures.append(response.status)
+        conn.close()
+
+    threads = [
+        threading.Thread(target=send, args=(count // connections,)) for _ in range(connections)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{case}: answered {failures[:5]}")
+    return count // connections * connections
+
+
+def count_server(bench, kind, case, requests, env, workdir):
+    """Instructions per request of one gunicorn worker of ``kind`` serving ``case``."""
+    folder = Path(tempfile.mkdtemp(prefix=f"mlapi-instructions-{kind}-", dir=workdir))
+    port = bench.free_port()
+    env = dict(env, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
+               GUNICORN_TIMEOUT="600", PROMETHEUS_MULTIPROC_DIR=str(folder))  # fmt: skip
+    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes"]
+    cmd += [f"--callgrind-out-file={folder}/callgrind.out.%p", str(bench.BIN / "gunicorn")]
+    cmd += ["-c", "gunicorn.conf.py", *bench.SERVERS[kind]]
+    server = bench.Process(f"{kind}-valgrind", cmd, env, folder)
+    try:
+        deadline = time.monotonic() + 600
+        while True:  # imports under valgrind take a minute or two
+            server.check_alive()
+            with contextlib.suppress(OSError):
+                if bench.http(f"http://127.0.0.1:{port}/health/live", timeout=60)[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{kind} did not start; see {server.log_path}")
+            time.sleep(1)
+        token = None
+        if case != "health" and kind != "bare":
+            user, password = {"mlapi": ("bench", env["BENCH_PASSWORD"])}.get(
+                kind, ("testuser", "testpass123")
+            )
+            token = bench.Server.token(server_at(port), user, password)
+        drive(port, case, token, WARMUP)
+        (worker,) = bench.psutil.Process(server.proc.pid).children()
+        subprocess.run(["callgrind_control", "-i", "on", str(worker.pid)], check=True,
+                       capture_output=True)  # fmt: skip
+        sent = drive(port, case, token, requests)
+        return callgrind_total(folder, worker.pid) / sent
+    finally:
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+
+
+def server_at(port):
+    """What bench.Server.token needs of a server: its base URL and name."""
+    return type("At", (), {"base": f"http://127.0.0.1:{port}", "name": f"port {port}"})()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=["embedded", "redis"], default="embedded")
     parser.add_argument("--case", choices=list(PATHS), action="append")
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument(
+        "--server", action="store_true", help="whole gunicorn workers, beside bare and the tutorial"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -146,6 +241,24 @@ def main(argv=None):
         subprocess.run([*create, "--password", env["BENCH_PASSWORD"]], cwd=ROOT, env=env,
                        check=True, capture_output=True)  # fmt: skip
         results = {}
+        if args.server:
+            for case in args.case or ["health", "predict", "cached"]:
+                kinds = ("mlapi", "bare", "tutorial") if case != "cached" else ("mlapi", "tutorial")
+                for kind in kinds:
+                    n = count_server(bench, kind, case, args.requests, env, workdir)
+                    results[f"{kind} {case}"] = n
+                    print(f"{args.config:8} {case:8} {kind:8} {n:>10,.0f} instructions/request"
+                          " (gunicorn worker)", flush=True)  # fmt: skip
+                mine = results[f"mlapi {case}"]
+                for kind in kinds[1:]:
+                    print(f"{args.config:8} {case:8} {kind}/mlapi {results[f'{kind} {case}'] / mine:.2f}x",
+                          flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {"config": args.config, "server": True, "instructions_per_request": results}
+                )
+            )
+            return 0
         for case in args.case or ["health", "predict", "cached"]:
             kinds = ("mlapi", "bare") if case != "cached" else ("mlapi",)
             for kind in kinds:
