@@ -182,7 +182,7 @@ def admit(header, claims):
 def current_username():
     """``current_user.username`` of an authenticated view: the name the user loader
     recorded for the logs, without the walk through flask-jwt-extended's proxy."""
-    return request.environ["mlapi.user"]
+    return context.current_request().environ["mlapi.user"]
 
 
 @jwt.token_verification_loader

@@ -1,7 +1,8 @@
 """The tutorial's unversioned endpoints."""
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 
+from mlapi import context
 from mlapi.api.bodies import body, read
 from mlapi.api.decorators import PROBLEMS, prediction
 from mlapi.api.docs import Response, describe
@@ -80,9 +81,10 @@ def predict_custom_limit(features):
 
 def cached_model():
     """The model /predict-cached serves: ``?model=<name>``, by default ``average``."""
-    if not request.query_string:  # the common request: no query string to parse
+    req = context.current_request()
+    if not req.query_string:  # the common request: no query string to parse
         return "average"
-    return request.args.get("model", "average")
+    return req.args.get("model", "average")
 
 
 def cached_prediction_lookup():
