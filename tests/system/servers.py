@@ -80,6 +80,12 @@ class Gunicorn:
             stderr=subprocess.STDOUT,
         )
         wait_until(self._live, timeout=60, what=f"gunicorn on port {self.port}")
+        # One worker answering is not all of them booted: wait for the rest too.
+        scaled = self.env.get("MLAPI_REDIS_URL") and self.env.get("WEB_CONCURRENCY")
+        workers = int(scaled) if scaled else 1
+        wait_until(
+            lambda: len(self.worker_pids()) >= workers, timeout=60, what=f"{workers} workers"
+        )
         return self
 
     def _live(self):
