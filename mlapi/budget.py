@@ -83,22 +83,42 @@ if amount <= limit then
         accepted = 1
     end
 end
--- The oldest entry still in the window, by binary search (limits' moving_window.lua).
-local low, high, found = 0, redis.call('LLEN', KEYS[1]) - 1, nil
-while low <= high do
-    local mid = math.floor((low + high) / 2)
-    local value = tonumber(redis.call('LINDEX', KEYS[1], mid))
-    if value and value >= now - expiry then
-        found = mid
-        low = mid + 1
-    else
-        high = mid - 1
+-- Entries older than the window count for nothing: drop them from the tail (the oldest
+-- end), where each request finds the few that expired since the last one, so the list
+-- keeps the window alone and its length is the count. After a long idle, more than 64
+-- have expired: the oldest live entry is found by binary search (limits'
+-- moving_window.lua) and the rest trimmed at once.
+local floor = now - expiry
+local length = redis.call('LLEN', KEYS[1])
+local popped = 0
+while length > 0 and tonumber(redis.call('LINDEX', KEYS[1], -1)) < floor do
+    if popped == 64 then
+        local low, high, found = 0, length - 1, -1
+        while low <= high do
+            local mid = math.floor((low + high) / 2)
+            if tonumber(redis.call('LINDEX', KEYS[1], mid)) >= floor then
+                found = mid
+                low = mid + 1
+            else
+                high = mid - 1
+            end
+        end
+        if found < 0 then
+            redis.call('DEL', KEYS[1])
+        else
+            redis.call('LTRIM', KEYS[1], 0, found)
+        end
+        length = found + 1
+        break
     end
+    redis.call('RPOP', KEYS[1])
+    length = length - 1
+    popped = popped + 1
 end
 local oldest, count = now, 0
-if found then
-    oldest = tonumber(redis.call('LINDEX', KEYS[1], found))
-    count = found + 1
+if length > 0 then
+    oldest = tonumber(redis.call('LINDEX', KEYS[1], -1))
+    count = length
 end
 local cached = false
 if accepted == 1 and ARGV[5] == '1' then

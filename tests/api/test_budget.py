@@ -172,3 +172,29 @@ def test_the_budget_packs_its_command_as_redis_py_does():
     assert b"".join(budget_module._pack(connection, command)) == b"".join(
         connection.pack_command(*command)
     )
+
+
+def test_expired_entries_leave_the_window_list(make_app, private_redis):
+    """The script drops entries older than the window: the list holds the window alone,
+    one by one as they expire and, after a long idle, all at once (more than 64)."""
+    app = make_app(REDIS_URL=private_redis.url, PREDICT_RATE_LIMIT="100/2 second")
+    client, headers = client_for(app)
+    for _ in range(70):
+        assert client.post("/v1/predict", json=BODY, headers=headers).status_code == 200
+    (key,) = [k.decode() for k in private_redis.command("KEYS", "*predictions*")]
+    assert private_redis.command("LLEN", key) == 70
+    old = private_redis.command("LRANGE", key, 0, -1)
+    time.sleep(2.2)  # all 70 expire: more than 64 at once
+    response = client.post("/v1/predict", json=BODY, headers=headers)
+    assert response.headers["X-RateLimit-Remaining"] == "99"
+    assert private_redis.command("LLEN", key) == 1
+    assert private_redis.command("LINDEX", key, 0) not in old
+    for _ in range(3):
+        client.post("/v1/predict", json=BODY, headers=headers)
+    time.sleep(1.2)
+    response = client.post("/v1/predict", json=BODY, headers=headers)
+    assert response.headers["X-RateLimit-Remaining"] == "95"
+    time.sleep(1.0)  # the first four expire, one by one from the tail
+    response = client.post("/v1/predict", json=BODY, headers=headers)
+    assert response.headers["X-RateLimit-Remaining"] == "98"
+    assert private_redis.command("LLEN", key) == 2
