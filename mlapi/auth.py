@@ -8,7 +8,7 @@ mlapi/api/tokens.py.
 
 from functools import wraps
 
-from flask import g, request
+from flask import g
 from flask_jwt_extended import current_user, get_jwt
 from flask_jwt_extended.config import config as jwt_config
 from flask_jwt_extended.exceptions import (
@@ -27,8 +27,8 @@ from mlapi.observability.metrics import count_auth_failure
 ALLOWED_HEADERS = frozenset({"alg", "typ"})
 REQUIRED_CLAIMS = frozenset({"sub", "exp", "iat", "jti", "type", "sid", "sexp", "tkey"})
 REVOKED = "The bearer token has been revoked."
-_UNREAD = object()
 INACTIVE = "The user of this token no longer exists, is disabled, or changed their password."
+_UNREAD = object()  # no principal kept by the revocation check on this request
 
 
 def token_required(view):
@@ -90,7 +90,8 @@ def is_revoked(_header, data):
     On views under the prediction budget, the cache's generation is checked in the
     budget's Redis round trip (mlapi/budget.py), which calls :func:`recheck`.
     """
-    return _revoked(data, _checks_generation_later(request), context.request_g())
+    req = context.current_request()
+    return _revoked(data, _checks_generation_later(req), context.request_g())
 
 
 def _revoked(data, deferred, request_g):
