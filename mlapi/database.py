@@ -71,7 +71,7 @@ class MigrationRefused(RuntimeError):
 
 
 @contextlib.contextmanager
-def schema_lock(app):
+def schema_lock():
     """Hold a lock that serialises schema upgrades across processes."""
     if db.dialect == "postgresql":
         with db.connect() as conn:
@@ -89,8 +89,12 @@ def schema_lock(app):
             finally:
                 conn.execute("SELECT pg_advisory_unlock(:k)", {"k": SCHEMA_LOCK_KEY})
         return
-    make_private_folder(app.instance_path)
-    path = os.path.join(app.instance_path, "schema.lock")
+    if db.in_memory:
+        yield  # no other process can see this database
+        return
+    # Beside the database file, not in the instance folder: processes that name the same
+    # file from different instance folders (a server and a CLI) must share one lock.
+    path = f"{db.path}.schema-lock"
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -174,7 +178,7 @@ def ensure_schema(app):
         head = head_revision()
         if current_revision() == head:
             return
-        with schema_lock(app):
+        with schema_lock():
             if current_revision() != head:  # or another process did it meanwhile
                 upgrade(db._get_current_object())
 

@@ -1,13 +1,15 @@
 """The connections mlapi.sql opens: config's bounds, the SQLite paths and sharing rules,
 URL parsing, error mapping and reconnection."""
 
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from mlapi import sql, users
 from mlapi.extensions import db
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, ROOT
 
 
 def test_relative_sqlite_path_is_under_the_instance_folder(make_app, tmp_path):
@@ -149,27 +151,52 @@ def test_unusable_urls_are_refused(text):
         sql.parse_url(text)
 
 
+# A process that builds the app and prints the schema revision it then finds.
+STARTER = """
+import sys
+from config import TestingConfig
+from mlapi import create_app
+from mlapi.database import current_revision
+
+settings = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
+settings.update(DATABASE_URL=sys.argv[1], DATABASE_TIMEOUT=0.5)
+app = create_app(settings, instance_path=sys.argv[2])
+with app.app_context():
+    print(current_revision())
+"""
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
-def test_processes_starting_together_on_a_fresh_database_upgrade_it_once(make_app, backend):
+def test_processes_starting_together_on_a_fresh_database_upgrade_it_once(
+    make_app, backend, tmp_path, request
+):
     """Under the schema lock one upgrades (in a child process) while the others wait, longer
-    than the statement timeout if need be; every app then finds the schema at head."""
+    than the statement timeout if need be; every process then finds the schema at head.
+
+    Real processes, as gunicorn starts them: apps built in threads of one process would
+    also race in werkzeug's route compiler, whose ast.parse is not thread-safe on 3.11."""
     from mlapi.database import current_revision, head_revision
 
-    apps, errors = [], []
-
-    def start():
-        try:
-            apps.append(make_app(DATABASE_TIMEOUT=0.5))
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == [] and len(apps) == 3
-    for app in apps:
-        with app.app_context():
-            assert current_revision() == head_revision()
-            users.create(f"user-{id(app)}", PASSWORD)
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'fresh.db'}"  # not the migrated copy make_app starts on
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, url, str(tmp_path / f"instance-{n}")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    results = [starter.communicate(timeout=120) for starter in starters]
+    app = make_app(DATABASE_URL=url)
+    with app.app_context():
+        head = head_revision()
+        assert current_revision() == head
+        users.create("alice", PASSWORD)
+    for starter, (out, err) in zip(starters, results, strict=True):
+        assert starter.returncode == 0, err
+        assert out.split() == [head]

@@ -29,7 +29,7 @@ def test_instance_folder_database_and_secret_are_private(make_app, tmp_path, ope
     assert mode(instance) == 0o700
     assert {p.name: mode(p) for p in instance.iterdir()} == {
         "mlapi.db": 0o600,
-        "schema.lock": 0o600,
+        "mlapi.db.schema-lock": 0o600,
         "secret_key": 0o600,
     }
 
