@@ -15,15 +15,25 @@ request and per worker are bounded (413, 431, 503), and a thread's sends to a cl
 that stops reading time out. The loop also closes connections without blocking, where
 gthread lingers for up to 2 s in its only event-loop thread.
 
+After a kept-alive response, the thread waits up to ``GUNICORN_FOLLOW_UP_SECONDS``
+(2 ms) for the same client's next request, when no other request is waiting for a
+thread, and serves it if it arrives whole; anything else goes back to the event loop.
+A client that keeps its connection busy is then served without the hand-offs between
+the loop and the threads (a pipe write, two wake-ups, two epoll changes per request);
+a request of another connection waits at most that long for a thread.
+
 This relies on gthread's internals (``ThreadWorker.enqueue_req``, ``finish_request``,
-``TConn`` fields, the parser's unreader); gunicorn is pinned in requirements.txt and
-tests/system/test_slow_clients.py checks that they still hold.
+``handle``, ``TConn`` fields, the parser's unreader) and on ``ThreadPoolExecutor``'s
+``_work_queue``; gunicorn is pinned in requirements.txt, and
+tests/system/test_slow_clients.py and tests/unit/test_pinned_internals.py check that
+they still hold.
 """
 
 import contextlib
 import json
 import os
 import re
+import select
 import selectors
 import socket
 import struct
@@ -50,6 +60,9 @@ MAX_CHUNK_LINE = 8190
 #: Seconds a closing connection may take to send its last bytes before it is cut.
 LINGER_SECONDS = 2.0
 RECV_SIZE = 65536
+#: Seconds a thread that answered a kept-alive connection waits for that client's next
+#: request before it gives the connection back to the event loop (0: never waits).
+FOLLOW_UP = float(os.environ.get("GUNICORN_FOLLOW_UP_SECONDS", "0.002"))
 _DIGITS = re.compile(rb"[0-9]+")
 _OBS_FOLD = re.compile(rb"\r\n[ \t]")
 # A chunk-size line as gunicorn's parser reads it: hex digits, then extensions.
@@ -334,6 +347,43 @@ class BufferingThreadWorker(ThreadWorker):
         conn.request_truncated = truncated
         conn.continued = pending.continued
         ThreadWorker.enqueue_req(self, conn)
+
+    def handle(self, conn):
+        """gthread's: serve the request; then, while no other request waits for a thread,
+        serve the connection's next request here if it arrives whole within FOLLOW_UP."""
+        keep_alive = super().handle(conn)
+        while keep_alive is True and self.alive and FOLLOW_UP > 0:
+            if not self.tpool._work_queue.empty():
+                break
+            data = conn.parser.unreader.take_buffered()
+            if not data:
+                if not self._readable(conn.sock.fileno()):
+                    break
+                try:
+                    data = conn.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    return False
+                if not data:
+                    return False
+            pending = PendingRequest(
+                data, time.monotonic() + self.read_timeout, self.max_head, self.max_body
+            )
+            if pending.scan() != PendingRequest.COMPLETE:
+                conn.parser.unreader.unread(data)  # the event loop reads the rest
+                break
+            conn.parser.unreader.unread(data)
+            conn.request_truncated = False
+            conn.continued = False
+            keep_alive = super().handle(conn)
+        return keep_alive
+
+    @staticmethod
+    def _readable(fd):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(FOLLOW_UP * 1000))
 
     def handle_request(self, req, conn):
         if conn.continued or conn.request_truncated:

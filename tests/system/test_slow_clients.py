@@ -461,3 +461,73 @@ def test_idle_connections_do_not_hold_a_stopping_worker(servers):
     for sock in idle:
         assert read_all(sock) == b""
         sock.close()
+
+
+def test_a_thread_serves_its_kept_alive_clients_next_request_then_the_others(servers):
+    """After a response, a thread with no request waiting for it waits up to
+    GUNICORN_FOLLOW_UP_SECONDS for the same client's next request and serves it: a
+    request of another connection that arrives meanwhile waits, at most that long."""
+    server = slow_server(servers, GUNICORN_THREADS="1", GUNICORN_FOLLOW_UP_SECONDS="1")
+    get = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\n\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as first,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as other,
+    ):
+        first.sendall(get)
+        assert read_response(first).startswith(b"HTTP/1.1 200 ")
+        other.sendall(get)
+        waiting = selectors.DefaultSelector()
+        waiting.register(other, selectors.EVENT_READ)
+        assert waiting.select(0.3) == []  # the one thread waits for the first client
+        first.sendall(get)
+        assert read_response(first).startswith(b"HTTP/1.1 200 ")
+        assert waiting.select(2) != []  # then serves the other before waiting again
+        assert read_response(other).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        other.sendall(get)  # the thread waits for `other` now, up to 1 s
+        first.sendall(get)
+        assert read_response(first).startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - started < 1.5
+        assert read_response(other).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_follow_up_request_in_parts_is_finished_by_the_event_loop(servers):
+    """The waiting thread serves only a whole request: the start of one goes back to
+    the event loop, which reads the rest (or answers 408 at the read timeout)."""
+    server = slow_server(servers, GUNICORN_FOLLOW_UP_SECONDS="1")
+    get = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\n\r\n"
+    body = b"username=nobody&password=wrong-one"
+    post = BODY_HEAD.replace(b"4000", b"%d" % len(body)) + body
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(get)
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(post[:50])
+        time.sleep(0.3)
+        sock.sendall(post[50:-5])
+        time.sleep(1.2)  # past the thread's wait
+        sock.sendall(post[-5:])
+        answer = read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+        assert b"Incorrect username or password" in answer
+        sock.sendall(get[:20])
+        started = time.monotonic()
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert READ_TIMEOUT - 0.5 < time.monotonic() - started < BOUND
+
+
+def test_clients_that_leave_after_their_answer_give_their_connection_back(servers):
+    """A client that closes while a thread waits for its next request frees its place:
+    a worker of 3 connections serves 30 clients one after another."""
+    server = slow_server(
+        servers,
+        GUNICORN_WORKER_CONNECTIONS="3",
+        GUNICORN_THREADS="2",
+        GUNICORN_FOLLOW_UP_SECONDS="1",
+    )
+    get = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\n\r\n"
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(get)
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    assert requests.get(server.base + "/health/live", timeout=5).status_code == 200

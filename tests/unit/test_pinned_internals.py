@@ -3,6 +3,7 @@ one fails here, not silently in production."""
 
 import inspect
 import os
+import threading
 
 import flask_limiter
 import psycopg
@@ -107,3 +108,22 @@ def test_metrics_written_after_a_fork_go_to_the_childs_own_file(tmp_path):
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(tmp_path))
     assert registry.get_sample_value("forked_total") == 7.0
+
+
+def test_thread_pool_keeps_its_waiting_work_in_a_queue_that_says_when_it_is_empty():
+    """mlapi/worker.py's threads wait for their client's next request only while
+    ``ThreadPoolExecutor._work_queue`` is empty (no request is waiting for a thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        assert pool._work_queue.empty()
+        started = threading.Event()
+        release = threading.Event()
+        pool.submit(lambda: (started.set(), release.wait(5)))
+        started.wait(5)
+        pool.submit(lambda: None)
+        assert not pool._work_queue.empty()
+        release.set()
+    finally:
+        pool.shutdown(wait=True)
