@@ -8,10 +8,16 @@ Responses are written with ``allow_nan=False``.
 """
 
 import json
+from io import BytesIO
 
 from flask import Request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import (
+    BadRequest,
+    ClientDisconnected,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
 
 COMPACT = {"separators": (",", ":")}
 
@@ -64,13 +70,18 @@ class StrictRequest(Request):
     def get_json(self, force=False, silent=False, cache=True):
         return super().get_json(force=force, silent=False, cache=cache)
 
-    def get_data(self, *args, **kwargs):
+    def get_data(self, cache=True, as_text=False, parse_form_data=False):
         """The body; a chunked body over MAX_CONTENT_LENGTH is a 413, not silently cut short.
 
         werkzeug enforces the limit on a Content-Length, but reads a chunked body only up
-        to the limit and stops there.
+        to the limit and stops there. A body of a given length, the usual one, is read
+        in one call of the server's input (see :meth:`_read_sized`).
         """
-        data = super().get_data(*args, **kwargs)
+        if cache and not as_text and not parse_form_data and self._cached_data is None:
+            data = self._read_sized()
+            if data is not None:
+                return data
+        data = super().get_data(cache, as_text, parse_form_data)
         limit = self.max_content_length
         if (
             self.content_length is None
@@ -79,6 +90,35 @@ class StrictRequest(Request):
             and self.environ["wsgi.input"].read(1)
         ):
             raise RequestEntityTooLarge()
+        return data
+
+    _cached_data = None
+
+    def _read_sized(self):
+        """A body with a Content-Length (and no Transfer-Encoding), read with one call of
+        ``wsgi.input``, with werkzeug's rules: over ``max_content_length`` is a 413, fewer
+        bytes than announced a 400 (ClientDisconnected). None when another rule applies
+        (chunked, no length, the stream already opened): werkzeug's own path then reads it.
+        """
+        environ = self.environ
+        length = environ.get("CONTENT_LENGTH")
+        if (
+            not length
+            or not length.isdigit()
+            or not length.isascii()
+            or "HTTP_TRANSFER_ENCODING" in environ
+            or "stream" in self.__dict__
+        ):
+            return None
+        length = int(length)
+        limit = self.max_content_length
+        if limit is not None and length > limit:
+            raise RequestEntityTooLarge()
+        data = environ["wsgi.input"].read(length) if length else b""
+        if len(data) < length:
+            raise ClientDisconnected()
+        self._cached_data = data
+        self.__dict__["stream"] = BytesIO()  # read: as werkzeug leaves a stream it read
         return data
 
     def on_json_loading_failed(self, e):

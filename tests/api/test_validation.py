@@ -125,6 +125,38 @@ def test_chunked_body_over_the_limit_is_413_not_truncated(client, auth, padding)
         assert response.get_json()["prediction"] == 1.5
 
 
+@pytest.mark.parametrize("declared", [17, 18, 2 * 1024 * 1024])
+def test_a_body_is_read_by_its_content_length_with_werkzeugs_rules(client, auth, declared):
+    """A Content-Length body is read in one call: over the limit is a 413 before reading,
+    fewer bytes than announced a 400, as werkzeug's own stream answers them."""
+    import io
+
+    body = b"[1.0,2.0,3.0,4.0]"  # 17 bytes
+    response = client.post(
+        "/v1/predict",
+        input_stream=io.BytesIO(body),
+        headers={**auth, "Content-Type": "application/json"},
+        environ_overrides={"CONTENT_LENGTH": str(declared)},
+    )
+    if declared == len(body):
+        assert response.get_json()["prediction"] == 2.5
+    else:
+        assert_problem(response, 413 if declared > len(body) + 1 else 400)
+
+
+def test_after_the_body_is_read_the_stream_is_spent_and_data_kept(app):
+    """As werkzeug leaves them: ``stream`` reads nothing more, ``data`` is the body."""
+    with app.test_request_context(
+        "/", method="POST", data=b"[1, 2]", content_type="application/json"
+    ):
+        from flask import request
+
+        assert request.get_data() == b"[1, 2]"
+        assert request.stream.read() == b""
+        assert request.data == b"[1, 2]"
+        assert request.get_json() == [1, 2]
+
+
 # Bodies at the edges of the rules; the fast path (bodies.bare_row) may accept only what the
 # general path accepts, with the same values.
 EDGE_BODIES = [
