@@ -180,6 +180,15 @@ def admit(header, claims):
     return {"loaded_user": user}
 
 
+def current_identity():
+    """``get_jwt_identity()`` of an authenticated view: the verified token's identity
+    claim, read where the token check keeps it (flask-jwt-extended's name for it in
+    ``g``, pinned with the rest in tests/unit/test_token_cache.py) without the library's
+    two proxy walks."""
+    claim = context.app().config["JWT_IDENTITY_CLAIM"]
+    return context.request_g()._jwt_extended_jwt[claim]
+
+
 def current_username():
     """``current_user.username`` of an authenticated view: the name the user loader
     recorded for the logs, without the walk through flask-jwt-extended's proxy."""

@@ -25,13 +25,13 @@ import time
 from collections import deque
 
 from flask import g
-from flask_jwt_extended import get_jwt_identity
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
 from mlapi import context, identity
+from mlapi.auth import current_identity
 from mlapi.extensions import limiter
 from mlapi.ids import unique_id
 from mlapi.observability.hooks import EXTRA_HEADERS
@@ -257,7 +257,7 @@ class Budget:
         same round trip into ``lookup.prefetched``.
         """
         item = self.item()
-        args = [a for a in (self.key_prefix, f"user:{get_jwt_identity()}", SCOPE) if a]
+        args = [a for a in (self.key_prefix, f"user:{current_identity()}", SCOPE) if a]
         key = item.key_for(*args)
         # Redis only when flask-limiter counts there too (MLAPI_REDIS_URL, and no other
         # RATELIMIT_STORAGE_URI), so every limit is counted in one place.

@@ -11,11 +11,11 @@ import time
 
 from flask import current_app, g, request
 from flask.globals import request_ctx
-from flask_jwt_extended import get_jwt_identity
 from limits import parse
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mlapi import context
+from mlapi.auth import current_identity
 from mlapi.extensions import limiter
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def by_address():
 
 def by_user():
     """The authenticated user; views put ``@token_required`` (mlapi.auth) above their limits."""
-    return f"user:{get_jwt_identity()}"
+    return f"user:{current_identity()}"
 
 
 def config_limit(key):

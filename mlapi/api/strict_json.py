@@ -19,6 +19,8 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
+from mlapi import context
+
 COMPACT = {"separators": (",", ":")}
 
 
@@ -111,7 +113,11 @@ class StrictRequest(Request):
         ):
             return None
         length = int(length)
-        limit = self.max_content_length
+        # ``max_content_length`` without Flask's two proxy walks: the request's own
+        # (Flask keeps it as _max_content_length, pinned), else the app's.
+        limit = self._max_content_length
+        if limit is None:
+            limit = context.app().config["MAX_CONTENT_LENGTH"]
         if limit is not None and length > limit:
             raise RequestEntityTooLarge()
         data = environ["wsgi.input"].read(length) if length else b""

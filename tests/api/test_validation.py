@@ -157,6 +157,20 @@ def test_after_the_body_is_read_the_stream_is_spent_and_data_kept(app):
         assert request.get_json() == [1, 2]
 
 
+def test_a_requests_own_body_limit_wins_over_the_apps(app):
+    """Flask lets a view lower the limit for its request; the one-call read keeps it."""
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    with app.test_request_context(
+        "/", method="POST", data=b"[1, 2, 3]", content_type="application/json"
+    ):
+        from flask import request
+
+        request.max_content_length = 5
+        with pytest.raises(RequestEntityTooLarge):
+            request.get_data()
+
+
 # Bodies at the edges of the rules; the fast path (bodies.bare_row) may accept only what the
 # general path accepts, with the same values.
 EDGE_BODIES = [

@@ -127,3 +127,15 @@ def test_thread_pool_keeps_its_waiting_work_in_a_queue_that_says_when_it_is_empt
         release.set()
     finally:
         pool.shutdown(wait=True)
+
+
+def test_flask_keeps_a_requests_own_body_limit_as_max_content_length(make_app):
+    """mlapi.api.strict_json reads ``_max_content_length`` (a request's own limit) and
+    falls back to the app's MAX_CONTENT_LENGTH, as Flask's property does."""
+    app = make_app(MAX_CONTENT_LENGTH=1000)
+    with app.test_request_context("/", method="POST", data=b"[1]"):
+        from flask import request
+
+        assert request._max_content_length is None and request.max_content_length == 1000
+        request.max_content_length = 10
+        assert request._max_content_length == 10 == request.max_content_length

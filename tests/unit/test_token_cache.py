@@ -110,10 +110,13 @@ def test_the_library_keeps_a_verified_request_where_verify_request_keeps_it():
 
 def _verified_state(app, headers, verify):
     from flask import g
-    from flask_jwt_extended import current_user, get_jwt, get_jwt_header
+    from flask_jwt_extended import current_user, get_jwt, get_jwt_header, get_jwt_identity
+
+    from mlapi.auth import current_identity
 
     with app.test_request_context("/v1/predict", method="POST", headers=headers):
         verify()
+        assert current_identity() == get_jwt_identity()  # the limits' and budget's key
         return (
             get_jwt(),
             get_jwt_header(),
