@@ -62,23 +62,28 @@ class JSONRedisCache(RedisCache):
 
 
 class GuardedStore:
-    """The flask-caching cache, skipping a Redis that failed moments ago (see redis_client)."""
+    """The flask-caching cache, skipping a Redis that failed moments ago (see redis_client).
 
-    def __init__(self, breaker):
+    Reads and writes go to the app's backend (``cache.cache``, taken once): the
+    ``Cache`` object's proxies find it again through ``current_app`` on every call.
+    """
+
+    def __init__(self, breaker, backend):
         self.breaker = breaker
+        self.backend = backend
 
     def _call(self, fn, *args):
         return self.breaker.call(fn, *args) if self.breaker else fn(*args)
 
     def get(self, key):
-        return self._call(cache.get, key)
+        return self._call(self.backend.get, key)
 
     def decode(self, raw):
         """A stored value read by someone else (the budget's round trip, mlapi/budget.py)."""
         return JSON_SERIALIZER.loads(raw)
 
     def set(self, key, value):
-        return self._call(cache.set, key, value)
+        return self._call(self.backend.set, key, value)
 
     def delete(self, key):
         # An invalidation is an admin's explicit request: a failing cache is reported
@@ -133,7 +138,9 @@ def init_app(app):
     app.extensions["mlapi.models"] = models
     app.extensions["mlapi.reloader"] = models_reloader
     cache.init_app(app)
-    store = GuardedStore(app.extensions.get("mlapi.redis_breaker"))
+    with app.app_context():
+        backend = cache.cache
+    store = GuardedStore(app.extensions.get("mlapi.redis_breaker"), backend)
     app.extensions["mlapi.prediction_cache"] = PredictionCache(models, store, count_cache)
 
 
