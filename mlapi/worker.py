@@ -251,6 +251,7 @@ class BufferingThreadWorker(ThreadWorker):
             self.log.warning("TLS or HTTP/2 configured: requests are not read ahead")
             self.enqueue_req = partial(ThreadWorker.enqueue_req, self)
             self.finish_request = partial(ThreadWorker.finish_request, self)
+            self.handle = partial(ThreadWorker.handle, self)
             self.handle_request = partial(ThreadWorker.handle_request, self)
         super().init_process()
 

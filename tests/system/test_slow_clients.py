@@ -11,6 +11,8 @@ import os
 import selectors
 import signal
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -175,15 +177,22 @@ def read_all(sock):
     return b"".join(chunks)
 
 
+def _received(sock):
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionError("the server closed the connection before a whole response")
+    return chunk
+
+
 def read_response(sock):
     """One response with a Content-Length, read from a kept-alive connection."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += _received(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
     while len(body) < length:
-        body += sock.recv(65536)
+        body += _received(sock)
     assert len(body) == length
     return data
 
@@ -531,3 +540,39 @@ def test_clients_that_leave_after_their_answer_give_their_connection_back(server
             sock.sendall(get)
             assert read_response(sock).startswith(b"HTTP/1.1 200 ")
     assert requests.get(server.base + "/health/live", timeout=5).status_code == 200
+
+
+def test_tls_keeps_gthreads_own_paths_and_serves_kept_alive_connections(
+    servers, tmp_path, monkeypatch
+):
+    """Under TLS the worker is gthread (no read-ahead, no waiting for a follow-up, whose
+    non-blocking read TLS sockets refuse): three requests on one connection answer."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # the readiness probe's trust
+    server = servers(
+        env={
+            "GUNICORN_CMD_ARGS": f"--certfile {cert} --keyfile {key}",
+            "GUNICORN_FOLLOW_UP_SECONDS": "1",
+        },
+        create=False,
+    )
+    server.base = server.base.replace("http://", "https://")
+    server.start()
+    tls = ssl.create_default_context(cafile=str(cert))
+    get = b"GET /health/live HTTP/1.1\r\nHost: mlapi\r\n\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+        tls.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        for _ in range(3):
+            sock.sendall(get)
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    messages = [line.get("message", line.get("text", "")) for line in server.log_lines()]
+    assert any("TLS or HTTP/2 configured" in m for m in messages)
