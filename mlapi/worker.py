@@ -41,7 +41,7 @@ import time
 from functools import partial
 from io import BytesIO
 
-from gunicorn import http
+from gunicorn import http, util
 from gunicorn.http.body import CHUNK_EXT_RE, Body, ChunkedReader
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
@@ -225,6 +225,24 @@ BUSY = _problem(
 )
 
 
+_gunicorn_http_date = util.http_date
+_date = (0, "")  # (second, its Date header value), replaced whole: safe across threads
+
+
+def http_date_per_second(timestamp=None):
+    """gunicorn's ``util.http_date``, formatted once a second: the Date header has a
+    second's resolution, and gunicorn formats it with email.utils on every response."""
+    global _date
+    if timestamp is not None:
+        return _gunicorn_http_date(timestamp)
+    now = int(time.time())
+    second, text = _date
+    if second != now:
+        text = _gunicorn_http_date(now)
+        _date = (now, text)
+    return text
+
+
 class BufferingThreadWorker(ThreadWorker):
     """gthread whose threads only ever see whole requests; see the module's docstring."""
 
@@ -253,6 +271,8 @@ class BufferingThreadWorker(ThreadWorker):
             self.finish_request = partial(ThreadWorker.finish_request, self)
             self.handle = partial(ThreadWorker.handle, self)
             self.handle_request = partial(ThreadWorker.handle_request, self)
+        # Read by gunicorn.http.wsgi.Response.default_headers through the module.
+        util.http_date = http_date_per_second
         super().init_process()
 
     def enqueue_req(self, conn):

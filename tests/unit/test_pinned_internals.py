@@ -139,3 +139,24 @@ def test_flask_keeps_a_requests_own_body_limit_as_max_content_length(make_app):
         assert request._max_content_length is None and request.max_content_length == 1000
         request.max_content_length = 10
         assert request._max_content_length == 10 == request.max_content_length
+
+
+def test_gunicorn_writes_the_date_header_with_util_http_date_read_at_each_response():
+    """mlapi/worker.py replaces ``gunicorn.util.http_date`` in its workers with a value
+    formatted once a second; gunicorn's response must look the function up each time."""
+    import email.utils
+    import time
+
+    from gunicorn.http import wsgi
+
+    from mlapi.worker import http_date_per_second
+
+    source = inspect.getsource(wsgi.Response.default_headers)
+    assert "util.http_date()" in source
+    for _ in range(3):  # a second may turn between the two calls
+        now = int(time.time())
+        mine = http_date_per_second()
+        if int(time.time()) == now:
+            break
+    assert mine == email.utils.formatdate(now, localtime=False, usegmt=True)
+    assert http_date_per_second(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
